@@ -1,0 +1,91 @@
+//! The tonic `ExternalProcessor` service: one spawned task per ext_proc stream.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    ProcessingRequest, ProcessingResponse,
+};
+use gantry_policy::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::http_stream::HttpStream;
+
+/// The config snapshot requests are served from; swapped whole on reload.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Largest gRPC message accepted from Envoy. Buffered bodies travel in one message, and tonic's
+/// 4 MiB default is below what Envoy can send.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Gantry's ext_proc service.
+#[derive(Clone)]
+pub struct ExtProcService {
+    snapshot: SharedSnapshot,
+}
+
+impl ExtProcService {
+    pub fn new(snapshot: SharedSnapshot) -> ExtProcService {
+        ExtProcService { snapshot }
+    }
+
+    /// The service wrapped for tonic, with message limits suitable for Envoy.
+    pub fn into_server(self) -> ExternalProcessorServer<ExtProcService> {
+        ExternalProcessorServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        // One snapshot for the whole HTTP request, even if config is swapped meanwhile.
+        let mut stream = HttpStream::new(self.snapshot.load_full());
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        let response = stream.handle(message);
+                        if tx.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    // Envoy resets the side stream at the end of every HTTP request: normal.
+                    Err(status) => {
+                        tracing::trace!(%status, "ext_proc stream ended by Envoy");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves ext_proc on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    snapshot: SharedSnapshot,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(ExtProcService::new(snapshot).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

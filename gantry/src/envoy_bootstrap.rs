@@ -1,0 +1,404 @@
+//! Renders a complete Envoy bootstrap from a Gantry config.
+//!
+//! The bootstrap has one listener whose HTTP connection manager runs Gantry's ext_proc filter and
+//! the router; a route per provider, selected by the routing header ext_proc sets (plus a
+//! catch-all that only answers when ext_proc could not); a cluster per provider (TLS with SNI
+//! for https endpoints); the ext_proc gRPC cluster (HTTP/2); admin on loopback; a JSON access
+//! log carrying Gantry's usage metadata.
+//!
+//! Processing phases are chosen for speed: request headers and the buffered request body (the
+//! model is in the body), response headers (to pick the response body mode per request), and no
+//! response body unless ext_proc asks for it with `mode_override`: BUFFERED for JSON replies,
+//! STREAMED for `text/event-stream`.
+
+use serde_json::{json, Value};
+
+use gantry_ext_proc::http_stream::METADATA_NAMESPACE;
+use gantry_policy::config::ConfigFile;
+use gantry_policy::endpoint::ProviderEndpoint;
+use gantry_policy::openai_api::ROUTING_HEADER;
+use gantry_policy::FailureMode;
+
+/// The CA bundle Envoy verifies https providers against.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The ext_proc gRPC cluster's name.
+pub const EXT_PROC_CLUSTER: &str = "gantry_ext_proc";
+/// Per-connection buffer: bounds JSON replies that ext_proc reads whole (32 MiB).
+const CONNECTION_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
+/// Envoy refuses connections beyond this many, instead of running out of file descriptors.
+const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
+/// How much longer than the slowest provider the ext_proc stream may live.
+const STREAM_DEADLINE_MARGIN_SECS: u64 = 30;
+
+/// The cluster name for a provider.
+pub fn provider_cluster(name: &str) -> String {
+    format!("provider_{name}")
+}
+
+/// Renders the bootstrap as YAML. `source` names the config file in the header comment.
+pub fn render_yaml(config: &ConfigFile, source: &str) -> Result<String, RenderError> {
+    let bootstrap = render(config)?;
+    let body = serde_saphyr::to_string(&bootstrap).map_err(|e| RenderError::Yaml(e.to_string()))?;
+    Ok(format!(
+        "# Envoy bootstrap rendered by `gantry envoy-config` from {source}.\n\
+         # Do not edit: change the Gantry config and render again.\n{body}"
+    ))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("provider '{provider}': {source}")]
+    Endpoint {
+        provider: String,
+        #[source]
+        source: gantry_policy::endpoint::EndpointError,
+    },
+    #[error("cannot write YAML: {0}")]
+    Yaml(String),
+}
+
+/// Renders the bootstrap as a JSON value (YAML's data model).
+pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
+    let listen = config.listen_addr();
+    let admin = config.admin_addr();
+    let ext_proc = config.ext_proc_addr();
+
+    let mut routes = Vec::new();
+    let mut clusters = vec![ext_proc_cluster(ext_proc)];
+    for provider in &config.providers {
+        let name = &provider.name.value;
+        let endpoint = provider
+            .endpoint()
+            .map_err(|source| RenderError::Endpoint {
+                provider: name.clone(),
+                source,
+            })?;
+        routes.push(provider_route(name, &endpoint, provider.timeout_secs()));
+        clusters.push(provider_cluster_config(name, &endpoint));
+    }
+    routes.push(catch_all_route());
+
+    let slowest = config
+        .providers
+        .iter()
+        .map(|p| p.timeout_secs())
+        .max()
+        .unwrap_or(60);
+
+    Ok(json!({
+        "node": { "id": "gantry", "cluster": "gantry" },
+        "admin": { "address": socket_address(admin) },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }],
+        },
+        "static_resources": {
+            "listeners": [{
+                "name": "gantry_listener",
+                "address": socket_address(listen),
+                "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+                "filter_chains": [{
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": http_connection_manager(config, routes, slowest),
+                    }],
+                }],
+            }],
+            "clusters": clusters,
+        },
+    }))
+}
+
+fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> Value {
+    let fail_open = config.ext_proc.failure_mode == FailureMode::Open;
+    let message_timeout_ms = config.message_timeout_ms();
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gantry",
+        "codec_type": "AUTO",
+        "normalize_path": true,
+        "merge_slashes": true,
+        "access_log": [access_log()],
+        "local_reply_config": local_reply_config(config.max_request_body_bytes()),
+        "route_config": {
+            "name": "gantry_routes",
+            "virtual_hosts": [{
+                "name": "gantry",
+                "domains": ["*"],
+                "request_body_buffer_limit": config.max_request_body_bytes(),
+                "routes": routes,
+            }],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.ext_proc",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                    "grpc_service": {
+                        "envoy_grpc": { "cluster_name": EXT_PROC_CLUSTER },
+                        // The whole-stream deadline: it must outlive the longest SSE reply.
+                        "timeout": format!("{}s", slowest_secs + STREAM_DEADLINE_MARGIN_SECS),
+                    },
+                    "failure_mode_allow": fail_open,
+                    "status_on_error": { "code": "ServiceUnavailable" },
+                    "message_timeout": millis(message_timeout_ms),
+                    "max_message_timeout": millis(message_timeout_ms.max(30_000)),
+                    "allow_mode_override": true,
+                    "processing_mode": {
+                        "request_header_mode": "SEND",
+                        "request_body_mode": "BUFFERED",
+                        "request_trailer_mode": "SKIP",
+                        "response_header_mode": "SEND",
+                        "response_body_mode": "NONE",
+                        "response_trailer_mode": "SKIP",
+                    },
+                    "metadata_options": {
+                        "receiving_namespaces": { "untyped": [METADATA_NAMESPACE] },
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+            },
+        ],
+    })
+}
+
+fn millis(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// One JSON line per request, with Gantry's routing decision and token usage.
+fn access_log() -> Value {
+    let meta = |key: &str| format!("%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%");
+    json!({
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {
+                "json_format": {
+                    "time": "%START_TIME%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "duration_ms": "%DURATION%",
+                    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+                    "provider": meta("provider"),
+                    "model": meta("model"),
+                    "upstream_model": meta("upstream_model"),
+                    "stream": meta("stream"),
+                    "prompt_tokens": meta("prompt_tokens"),
+                    "completion_tokens": meta("completion_tokens"),
+                    "total_tokens": meta("total_tokens"),
+                },
+            },
+        },
+    })
+}
+
+/// Envoy's own local replies, rewritten as OpenAI error objects: a body over the buffer limit
+/// (Envoy answers before ext_proc sees it) and ext_proc being unreachable (fail closed).
+fn local_reply_config(max_request_body_bytes: u64) -> Value {
+    let cel_filter = |expression: &str| {
+        json!({
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": expression,
+                },
+            },
+        })
+    };
+    let error_body = |message: &str, error_type: &str, code: &str| {
+        json!({
+            "json_format": {
+                "error": { "message": message, "type": error_type, "param": null, "code": code },
+            },
+            "content_type": "application/json",
+        })
+    };
+    json!({
+        "mappers": [
+            {
+                "filter": cel_filter("response.code == 413 && response.code_details != 'request_too_large'"),
+                "body_format_override": error_body(
+                    &format!("request body exceeds this gateway's limit of {max_request_body_bytes} bytes"),
+                    "invalid_request_error",
+                    "request_too_large",
+                ),
+            },
+            {
+                "filter": cel_filter("response.code_details.startsWith('ext_proc_error')"),
+                "status_code": 503,
+                "body_format_override": error_body(
+                    "gantry's policy service (ext_proc) is unavailable, so the request was not forwarded (%RESPONSE_CODE_DETAILS%)",
+                    "service_unavailable",
+                    "gantry_unavailable",
+                ),
+            },
+        ],
+    })
+}
+
+fn provider_route(name: &str, endpoint: &ProviderEndpoint, timeout_secs: u64) -> Value {
+    let mut route = json!({
+        "cluster": provider_cluster(name),
+        "timeout": format!("{timeout_secs}s"),
+        "host_rewrite_literal": endpoint.authority(),
+    });
+    if !endpoint.base_path.is_empty() {
+        route["prefix_rewrite"] = json!(format!("{}/", endpoint.base_path));
+    }
+    json!({
+        "name": format!("provider_{name}"),
+        "match": {
+            "prefix": "/",
+            "headers": [{ "name": ROUTING_HEADER, "string_match": { "exact": name } }],
+        },
+        "route": route,
+        "request_headers_to_remove": [ROUTING_HEADER],
+    })
+}
+
+/// Reached only when ext_proc did not choose a provider: it was down and the filter is open.
+fn catch_all_route() -> Value {
+    let body = json!({
+        "error": {
+            "message": "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it",
+            "type": "service_unavailable",
+            "param": null,
+            "code": "gantry_unavailable",
+        }
+    });
+    json!({
+        "name": "gantry_catch_all",
+        "match": { "prefix": "/" },
+        "direct_response": { "status": 503, "body": { "inline_string": body.to_string() } },
+        "response_headers_to_add": [{
+            "header": { "key": "content-type", "value": "application/json" },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }],
+    })
+}
+
+fn ext_proc_cluster(addr: std::net::SocketAddr) -> Value {
+    json!({
+        "name": EXT_PROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": load_assignment(EXT_PROC_CLUSTER, &addr.ip().to_string(), addr.port()),
+    })
+}
+
+fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint) -> Value {
+    let cluster_name = provider_cluster(name);
+    let discovery = if endpoint.ip().is_some() {
+        "STATIC"
+    } else {
+        "LOGICAL_DNS"
+    };
+    let mut cluster = json!({
+        "name": cluster_name,
+        "type": discovery,
+        "connect_timeout": "5s",
+        "load_assignment": load_assignment(&cluster_name, &endpoint.host, endpoint.port),
+    });
+    if discovery == "LOGICAL_DNS" {
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    if endpoint.tls {
+        cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": endpoint.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": { "filename": SYSTEM_CA_BUNDLE },
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "DNS",
+                            "matcher": { "exact": endpoint.host },
+                        }],
+                    },
+                },
+            },
+        });
+    }
+    cluster
+}
+
+fn load_assignment(cluster_name: &str, host: &str, port: u16) -> Value {
+    json!({
+        "cluster_name": cluster_name,
+        "endpoints": [{
+            "lb_endpoints": [{
+                "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } },
+            }],
+        }],
+    })
+}
+
+fn socket_address(addr: std::net::SocketAddr) -> Value {
+    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: mock, kind: openai, endpoint: 'http://127.0.0.1:18080', mock: true }
+  - { name: groq, kind: openai, endpoint: 'https://api.groq.com/openai', api_key_env: GROQ_API_KEY, timeout_secs: 600 }
+models:
+  - { name: fast, provider: mock, model: mock-small }
+";
+
+    #[test]
+    fn renders_routes_clusters_and_filter() {
+        let config = ConfigFile::parse(CONFIG).unwrap();
+        let bootstrap = render(&config).unwrap();
+        let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[1]["route"]["prefix_rewrite"], "/openai/");
+        assert_eq!(routes[1]["route"]["host_rewrite_literal"], "api.groq.com");
+        assert_eq!(routes[1]["route"]["timeout"], "600s");
+        assert_eq!(routes[2]["direct_response"]["status"], 503);
+        let ext_proc = &hcm["http_filters"][0]["typed_config"];
+        assert_eq!(ext_proc["grpc_service"]["timeout"], "630s");
+        assert_eq!(ext_proc["failure_mode_allow"], false);
+        assert_eq!(ext_proc["message_timeout"], "1.000s");
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap();
+        assert_eq!(clusters[1]["type"], "STATIC");
+        assert_eq!(clusters[2]["type"], "LOGICAL_DNS");
+        assert_eq!(
+            clusters[2]["transport_socket"]["typed_config"]["sni"],
+            "api.groq.com"
+        );
+        let yaml = render_yaml(&config, "test.yaml").unwrap();
+        assert!(
+            yaml.starts_with("# Envoy bootstrap rendered by `gantry envoy-config` from test.yaml.")
+        );
+    }
+}

@@ -1,0 +1,580 @@
+//! The config file as the operator writes it (YAML), and its validation.
+//!
+//! Parsing rejects unknown fields and wrong types with the line and column of the offending
+//! node. [`ConfigFile::validate`] then checks what types cannot say (duplicate names, dangling
+//! references, addresses, ports), collecting every problem instead of stopping at the first one.
+//! Names, references and addresses are kept as [`Spanned`] values so that each of these errors
+//! names both the field path and its line.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::endpoint::ProviderEndpoint;
+
+/// Where Envoy's admin interface listens unless the config says otherwise.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Where the ext_proc gRPC server listens unless the config says otherwise.
+pub const DEFAULT_EXT_PROC_LISTEN: &str = "127.0.0.1:10001";
+/// The largest request body Gantry accepts unless the config says otherwise (4 MiB).
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// How long Envoy waits for a provider's whole response unless the provider says otherwise.
+pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 300;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where Envoy accepts client traffic, `IP:port`.
+    pub listen: Spanned<String>,
+    /// Envoy's admin interface, `IP:port` (keep it on loopback).
+    #[serde(default)]
+    pub admin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ext_proc: ExtProcSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+/// How Envoy reaches Gantry's ext_proc server and what it does when that server is down.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcSection {
+    /// `IP:port` of the ext_proc gRPC server.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    /// What Envoy does when ext_proc cannot be reached: `closed` (default) answers 503,
+    /// `open` lets the request through unprocessed.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Envoy's deadline for each ext_proc message, in milliseconds (default 1000).
+    #[serde(default)]
+    pub message_timeout_ms: Option<u64>,
+}
+
+/// The operator's choice for an unreachable dependency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+/// Size limits applied to client requests.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Request bodies larger than this get 413 (default 4 MiB).
+    #[serde(default)]
+    pub max_request_body_bytes: Option<Spanned<u64>>,
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The OpenAI REST API or any server compatible with it.
+    Openai,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+        }
+    }
+}
+
+/// One upstream LLM provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: Spanned<String>,
+    pub kind: ProviderKind,
+    /// Base URL: `http(s)://host[:port][/base/path]`. Client paths (`/v1/...`) are appended.
+    pub endpoint: Spanned<String>,
+    /// Name of the environment variable that holds the provider's API key.
+    #[serde(default)]
+    pub api_key_env: Option<Spanned<String>>,
+    /// Upper bound for one whole response from this provider, in seconds (default 300).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// `gantry run` also serves Gantry's built-in OpenAI-compatible mock at this endpoint
+    /// (for offline quickstarts and demos). The endpoint must be `http://` on a loopback IP.
+    #[serde(default)]
+    pub mock: bool,
+}
+
+/// A model name clients may send, and where it goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The name clients send in `model`.
+    pub name: Spanned<String>,
+    /// The provider that serves it.
+    pub provider: Spanned<String>,
+    /// The model name the provider receives.
+    pub model: Spanned<String>,
+}
+
+/// A config problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Field path such as `models[1].provider`; empty when the problem is the document itself.
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (false, Some(line)) => write!(f, "{} (line {line}): {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+            (true, Some(line)) => write!(f, "line {line}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{}", render_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    let mut out = format!(
+        "{} problem{} in config:",
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        out.push_str("\n  - ");
+        out.push_str(&issue.to_string());
+    }
+    out
+}
+
+impl ConfigFile {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        let config: ConfigFile =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+
+    /// Every semantic problem of a parsed config; empty when it is usable.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut ports: HashMap<u16, String> = HashMap::new();
+        let mut claim_port = |addr: SocketAddr, path: &str, line: u64, issues: &mut Vec<_>| {
+            if let Some(other) = ports.insert(addr.port(), path.to_string()) {
+                issues.push(issue(
+                    path,
+                    line,
+                    format!("port {} is already used by {other}", addr.port()),
+                ));
+            }
+        };
+
+        if let Some(addr) = check_socket_addr(&self.listen, "listen", &mut issues) {
+            claim_port(addr, "listen", self.listen.referenced.line(), &mut issues);
+        }
+        if let Some(admin) = &self.admin {
+            if let Some(addr) = check_socket_addr(admin, "admin", &mut issues) {
+                claim_port(addr, "admin", admin.referenced.line(), &mut issues);
+            }
+        }
+        if let Some(listen) = &self.ext_proc.listen {
+            if let Some(addr) = check_socket_addr(listen, "ext_proc.listen", &mut issues) {
+                claim_port(
+                    addr,
+                    "ext_proc.listen",
+                    listen.referenced.line(),
+                    &mut issues,
+                );
+            }
+        }
+        if self.ext_proc.message_timeout_ms == Some(0) {
+            issues.push(ConfigIssue {
+                path: "ext_proc.message_timeout_ms".into(),
+                line: None,
+                message: "must be at least 1".into(),
+            });
+        }
+        if let Some(limit) = &self.limits.max_request_body_bytes {
+            if limit.value == 0 {
+                issues.push(issue(
+                    "limits.max_request_body_bytes",
+                    limit.referenced.line(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+
+        let mut provider_names: HashMap<&str, usize> = HashMap::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            let path = format!("providers[{i}]");
+            let name = &provider.name;
+            check_name(name, &format!("{path}.name"), &mut issues);
+            if let Some(first) = provider_names.insert(name.value.as_str(), i) {
+                issues.push(issue(
+                    &format!("{path}.name"),
+                    name.referenced.line(),
+                    format!(
+                        "duplicate provider name '{}' (first declared at providers[{first}])",
+                        name.value
+                    ),
+                ));
+            }
+            let endpoint_path = format!("{path}.endpoint");
+            match ProviderEndpoint::parse(&provider.endpoint.value) {
+                Err(e) => issues.push(issue(
+                    &endpoint_path,
+                    provider.endpoint.referenced.line(),
+                    e.to_string(),
+                )),
+                Ok(endpoint) if provider.mock => match endpoint.mock_listen_addr() {
+                    Some(addr) => {
+                        claim_port(
+                            addr,
+                            &endpoint_path,
+                            provider.endpoint.referenced.line(),
+                            &mut issues,
+                        );
+                    }
+                    None => issues.push(issue(
+                        &endpoint_path,
+                        provider.endpoint.referenced.line(),
+                        "a mock provider's endpoint must be http:// on a loopback IP with an explicit port, e.g. http://127.0.0.1:18080".into(),
+                    )),
+                },
+                Ok(_) => {}
+            }
+            if let Some(env) = &provider.api_key_env {
+                if !is_env_var_name(&env.value) {
+                    issues.push(issue(
+                        &format!("{path}.api_key_env"),
+                        env.referenced.line(),
+                        format!(
+                            "'{}' is not an environment variable name (letters, digits and _, not starting with a digit)",
+                            env.value
+                        ),
+                    ));
+                }
+            }
+            if provider.timeout_secs == Some(0) {
+                issues.push(issue(
+                    &format!("{path}.timeout_secs"),
+                    name.referenced.line(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+
+        let mut model_names: HashSet<&str> = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let path = format!("models[{i}]");
+            if model.name.value.trim().is_empty() {
+                issues.push(issue(
+                    &format!("{path}.name"),
+                    model.name.referenced.line(),
+                    "must not be empty".into(),
+                ));
+            } else if !model_names.insert(model.name.value.as_str()) {
+                issues.push(issue(
+                    &format!("{path}.name"),
+                    model.name.referenced.line(),
+                    format!("duplicate model name '{}'", model.name.value),
+                ));
+            }
+            if !provider_names.contains_key(model.provider.value.as_str()) {
+                let mut known: Vec<&str> = provider_names.keys().copied().collect();
+                known.sort_unstable();
+                issues.push(issue(
+                    &format!("{path}.provider"),
+                    model.provider.referenced.line(),
+                    format!(
+                        "unknown provider '{}' (declared providers: {})",
+                        model.provider.value,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if model.model.value.trim().is_empty() {
+                issues.push(issue(
+                    &format!("{path}.model"),
+                    model.model.referenced.line(),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        issues
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_addr_or(&Some(self.listen.clone()), "127.0.0.1:10000")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse_addr_or(&self.admin, DEFAULT_ADMIN)
+    }
+
+    pub fn ext_proc_addr(&self) -> SocketAddr {
+        parse_addr_or(&self.ext_proc.listen, DEFAULT_EXT_PROC_LISTEN)
+    }
+
+    pub fn max_request_body_bytes(&self) -> u64 {
+        self.limits
+            .max_request_body_bytes
+            .as_ref()
+            .map_or(DEFAULT_MAX_REQUEST_BODY_BYTES, |s| s.value)
+    }
+
+    pub fn message_timeout_ms(&self) -> u64 {
+        self.ext_proc.message_timeout_ms.unwrap_or(1000)
+    }
+}
+
+impl ProviderSection {
+    pub fn timeout_secs(&self) -> u64 {
+        self.timeout_secs.unwrap_or(DEFAULT_PROVIDER_TIMEOUT_SECS)
+    }
+
+    /// The parsed endpoint. Only call on a validated config.
+    pub fn endpoint(&self) -> Result<ProviderEndpoint, crate::endpoint::EndpointError> {
+        ProviderEndpoint::parse(&self.endpoint.value)
+    }
+}
+
+fn issue(path: &str, line: u64, message: String) -> ConfigIssue {
+    ConfigIssue {
+        path: path.to_string(),
+        line: (line > 0).then_some(line),
+        message,
+    }
+}
+
+fn check_socket_addr(
+    value: &Spanned<String>,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<SocketAddr> {
+    match value.value.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Some(addr),
+        Ok(_) => {
+            issues.push(issue(
+                path,
+                value.referenced.line(),
+                "port 0 is not allowed: name the port".into(),
+            ));
+            None
+        }
+        Err(_) => {
+            issues.push(issue(
+                path,
+                value.referenced.line(),
+                format!(
+                    "'{}' is not an IP:port address (e.g. 127.0.0.1:10000)",
+                    value.value
+                ),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_addr_or(value: &Option<Spanned<String>>, default: &str) -> SocketAddr {
+    let fallback = || {
+        default
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    };
+    value
+        .as_ref()
+        .and_then(|s| s.value.parse().ok())
+        .unwrap_or_else(fallback)
+}
+
+/// Names end up in Envoy cluster names and header values: keep them to a safe alphabet.
+fn check_name(name: &Spanned<String>, path: &str, issues: &mut Vec<ConfigIssue>) {
+    let ok = !name.value.is_empty()
+        && name
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        issues.push(issue(
+            path,
+            name.referenced.line(),
+            format!(
+                "'{}' is not a valid name (use letters, digits, '-', '_' and '.')",
+                name.value
+            ),
+        ));
+    }
+}
+
+fn is_env_var_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+listen: 127.0.0.1:10000
+providers:
+  - name: local-mock
+    kind: openai
+    endpoint: http://127.0.0.1:18080
+    api_key_env: OPENAI_API_KEY
+models:
+  - name: fast
+    provider: local-mock
+    model: mock-small
+";
+
+    fn problems(text: &str) -> String {
+        match ConfigFile::parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let config = ConfigFile::parse(GOOD).expect("valid");
+        assert_eq!(config.providers[0].name.value, "local-mock");
+        assert_eq!(config.models[0].model.value, "mock-small");
+        assert_eq!(config.listen_addr().port(), 10000);
+        assert_eq!(config.admin_addr().port(), 9901);
+        assert_eq!(
+            config.max_request_body_bytes(),
+            DEFAULT_MAX_REQUEST_BODY_BYTES
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = GOOD.replace(
+            "    model: mock-small",
+            "    model: mock-small\n    modle: typo",
+        );
+        let err = problems(&text);
+        assert!(
+            err.contains(
+                "line 11 column 5: unknown field `modle`, expected one of name, provider, model"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dangling_provider_is_named_with_path_and_line() {
+        let text = GOOD.replace("provider: local-mock", "provider: nowhere");
+        let err = problems(&text);
+        assert!(
+            err.contains("models[0].provider (line 9): unknown provider 'nowhere' (declared providers: local-mock)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_bad_addresses_are_all_reported() {
+        let text = "\
+listen: localhost:10000
+admin: 127.0.0.1:9901
+ext_proc:
+  listen: 127.0.0.1:9901
+providers:
+  - name: a
+    kind: openai
+    endpoint: ftp://example.com
+  - name: a
+    kind: openai
+    endpoint: https://api.example.com/v1
+    api_key_env: 1BAD
+models:
+  - name: m
+    provider: a
+    model: x
+  - name: m
+    provider: a
+    model: ''
+";
+        let err = problems(text);
+        for needle in [
+            "listen (line 1): 'localhost:10000' is not an IP:port",
+            "ext_proc.listen (line 4): port 9901 is already used by admin",
+            "providers[0].endpoint (line 8)",
+            "providers[1].name (line 9): duplicate provider name 'a'",
+            "providers[1].api_key_env (line 12)",
+            "models[1].name (line 17): duplicate model name 'm'",
+            "models[1].model (line 19): must not be empty",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_and_bad_enum_are_syntax_errors_with_lines() {
+        let err = problems(&GOOD.replace("kind: openai", "kind: telepathy"));
+        assert!(err.contains("line 4") && err.contains("telepathy"), "{err}");
+        let err = problems("listen: [1, 2]\n");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn mock_provider_must_be_local_http() {
+        let text = GOOD
+            .replace("    api_key_env: OPENAI_API_KEY", "    mock: true")
+            .replace("http://127.0.0.1:18080", "https://api.openai.com");
+        let err = problems(&text);
+        assert!(
+            err.contains("providers[0].endpoint (line 5): a mock provider"),
+            "{err}"
+        );
+    }
+}

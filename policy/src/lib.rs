@@ -1,0 +1,20 @@
+//! Gantry's policy core: the config model and its validation, the compiled [`Snapshot`] that
+//! requests are served from, the OpenAI-compatible front door (alias resolution, body rewrite,
+//! error objects), SSE framing and token usage accounting.
+//!
+//! This crate is pure logic. It must not know about gRPC, Envoy or any transport: the ext_proc
+//! server, the ext_authz server, the MCP bridge and the dynamic module are adapters that call it,
+//! so a rule written here behaves the same in each of them and is tested without Envoy.
+
+pub mod config;
+pub mod endpoint;
+pub mod json_object;
+pub mod openai_api;
+pub mod snapshot;
+pub mod sse;
+pub mod usage;
+
+pub use config::{ConfigError, ConfigFile, FailureMode};
+pub use openai_api::{decide_on_head, plan_forward, ForwardPlan, HeadDecision, LlmApi, LocalReply};
+pub use snapshot::Snapshot;
+pub use usage::{ChunkOutput, StreamAccountant, Usage};

@@ -1,0 +1,204 @@
+//! The compiled, immutable form of a config that requests are served from.
+//!
+//! Everything a request needs is worked out here once: the alias table, each provider's
+//! credential header, the `/v1/models` reply. Secrets are read from the environment at compile
+//! time and never appear in `Debug` output or logs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{ConfigFile, ProviderKind};
+use crate::endpoint::ProviderEndpoint;
+
+/// A provider's API key. Its `Debug` form is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: String) -> ApiKey {
+        ApiKey(key)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Whether a provider can take traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The provider needs no key.
+    NotNeeded,
+    /// The key, as the header value to inject upstream (`Bearer ...`).
+    Bearer(ApiKey),
+    /// `api_key_env` names a variable that is unset or empty: the provider is unavailable.
+    Missing { env: String },
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub endpoint: ProviderEndpoint,
+    pub credential: Credential,
+    pub timeout_secs: u64,
+    pub mock: bool,
+}
+
+impl Provider {
+    pub fn is_available(&self) -> bool {
+        !matches!(self.credential, Credential::Missing { .. })
+    }
+}
+
+/// A model name clients may send, resolved to its provider.
+#[derive(Debug)]
+pub struct ModelRoute {
+    pub alias: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+}
+
+/// The compiled config. Shared behind an `Arc` and swapped whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub providers: Vec<Arc<Provider>>,
+    models: HashMap<String, Arc<ModelRoute>>,
+    pub max_request_body_bytes: u64,
+    /// The JSON body of `GET /v1/models`, rendered once.
+    pub models_list_body: Bytes,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `env` looks up environment variables (injectable for tests).
+    pub fn compile(config: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Snapshot {
+        let mut providers = Vec::with_capacity(config.providers.len());
+        let mut by_name = HashMap::new();
+        for section in &config.providers {
+            let Ok(endpoint) = section.endpoint() else {
+                continue; // unreachable on a validated config
+            };
+            let credential = match &section.api_key_env {
+                None => Credential::NotNeeded,
+                Some(var) => match env(&var.value) {
+                    Some(key) if !key.trim().is_empty() => {
+                        Credential::Bearer(ApiKey(format!("Bearer {}", key.trim())))
+                    }
+                    _ => Credential::Missing {
+                        env: var.value.clone(),
+                    },
+                },
+            };
+            let provider = Arc::new(Provider {
+                name: section.name.value.clone(),
+                kind: section.kind,
+                endpoint,
+                credential,
+                timeout_secs: section.timeout_secs(),
+                mock: section.mock,
+            });
+            by_name.insert(provider.name.clone(), provider.clone());
+            providers.push(provider);
+        }
+        let mut models = HashMap::with_capacity(config.models.len());
+        let mut listed = Vec::new();
+        for section in &config.models {
+            let Some(provider) = by_name.get(&section.provider.value) else {
+                continue; // unreachable on a validated config
+            };
+            if provider.is_available() {
+                listed.push(serde_json::json!({
+                    "id": section.name.value,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": provider.name,
+                }));
+            }
+            models.insert(
+                section.name.value.clone(),
+                Arc::new(ModelRoute {
+                    alias: section.name.value.clone(),
+                    provider: provider.clone(),
+                    upstream_model: section.model.value.clone(),
+                }),
+            );
+        }
+        let models_list_body =
+            serde_json::to_vec(&serde_json::json!({"object": "list", "data": listed}))
+                .map(Bytes::from)
+                .unwrap_or_default();
+        Snapshot {
+            providers,
+            models,
+            max_request_body_bytes: config.max_request_body_bytes(),
+            models_list_body,
+        }
+    }
+
+    pub fn model(&self, alias: &str) -> Option<&Arc<ModelRoute>> {
+        self.models.get(alias)
+    }
+
+    /// Providers whose key variable is unset, for a startup warning.
+    pub fn unavailable_providers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.providers.iter().filter_map(|p| match &p.credential {
+            Credential::Missing { env } => Some((p.name.as_str(), env.as_str())),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: mock, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+  - { name: openai, kind: openai, endpoint: 'https://api.openai.com', api_key_env: TEST_OPENAI_KEY }
+models:
+  - { name: fast, provider: mock, model: mock-small }
+  - { name: smart, provider: openai, model: gpt-4o }
+";
+
+    #[test]
+    fn missing_key_makes_provider_unavailable_and_hides_its_models() {
+        let config = ConfigFile::parse(CONFIG).unwrap();
+        let snapshot = Snapshot::compile(&config, &|_| None);
+        let smart = snapshot.model("smart").unwrap();
+        assert!(!smart.provider.is_available());
+        let list: serde_json::Value = serde_json::from_slice(&snapshot.models_list_body).unwrap();
+        assert_eq!(list["data"].as_array().unwrap().len(), 1);
+        assert_eq!(list["data"][0]["id"], "fast");
+        assert_eq!(
+            snapshot.unavailable_providers().collect::<Vec<_>>(),
+            vec![("openai", "TEST_OPENAI_KEY")]
+        );
+    }
+
+    #[test]
+    fn key_is_injected_as_bearer_and_redacted_in_debug() {
+        let config = ConfigFile::parse(CONFIG).unwrap();
+        let snapshot = Snapshot::compile(&config, &|name| {
+            (name == "TEST_OPENAI_KEY").then(|| "sk-secret".to_string())
+        });
+        let smart = snapshot.model("smart").unwrap();
+        match &smart.provider.credential {
+            Credential::Bearer(key) => assert_eq!(key.expose(), "Bearer sk-secret"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let debug = format!("{snapshot:?}");
+        assert!(!debug.contains("sk-secret"), "{debug}");
+        let list: serde_json::Value = serde_json::from_slice(&snapshot.models_list_body).unwrap();
+        assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    }
+}
