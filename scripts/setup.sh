@@ -18,7 +18,11 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   mkdir -p "$local_dir"
-  "$python" -m venv "$venv"
+  if ! "$python" -m venv "$venv"; then
+    rm -rf "$venv"
+    echo "setup: '$python -m venv' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv)" >&2
+    exit 1
+  fi
 fi
 
 if [ ! -f "$stamp" ] || ! cmp -s "$requirements" "$stamp"; then

@@ -377,3 +377,195 @@ fn usage_metadata(usage: Usage) -> Struct {
         ("total_tokens", number_value(usage.total_tokens)),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_policy::ConfigFile;
+
+    fn stream() -> HttpStream {
+        let config = ConfigFile::parse(
+            "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: p, kind: openai, endpoint: 'http://127.0.0.1:18080', api_key_env: P_KEY }
+models:
+  - { name: fast, provider: p, model: small-1 }
+",
+        )
+        .unwrap();
+        let snapshot = Snapshot::compile(&config, &|_| Some("sk-p".into()));
+        HttpStream::new(Arc::new(snapshot))
+    }
+
+    fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+        HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.to_string(),
+                        value: String::new(),
+                        raw_value: v.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            }),
+            end_of_stream,
+            ..Default::default()
+        }
+    }
+
+    fn message(request: Request) -> ProcessingRequest {
+        ProcessingRequest {
+            request: Some(request),
+            ..Default::default()
+        }
+    }
+
+    fn set_headers(response: &CommonResponse) -> Vec<(String, String)> {
+        response
+            .header_mutation
+            .iter()
+            .flat_map(|m| &m.set_headers)
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| {
+                (
+                    h.key.clone(),
+                    String::from_utf8_lossy(&h.raw_value).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn forward(stream: &mut HttpStream, body: &str) -> ProcessingResponse {
+        let head = stream.handle(message(Request::RequestHeaders(headers(
+            &[(":method", "POST"), (":path", "/v1/chat/completions")],
+            false,
+        ))));
+        assert!(matches!(head.response, Some(Response::RequestHeaders(_))));
+        stream.handle(message(Request::RequestBody(HttpBody {
+            body: body.as_bytes().to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn body_response_reroutes_rewrites_and_fixes_content_length() {
+        let mut stream = stream();
+        let response = forward(&mut stream, r#"{"model":"fast","messages":[]}"#);
+        let Some(Response::RequestBody(BodyResponse {
+            response: Some(common),
+        })) = &response.response
+        else {
+            panic!("unexpected {response:?}");
+        };
+        assert!(common.clear_route_cache, "the route must be re-picked");
+        let new_body = br#"{"model":"small-1","messages":[]}"#.to_vec();
+        assert_eq!(
+            common.body_mutation,
+            Some(BodyMutation {
+                mutation: Some(Mutation::Body(new_body.clone()))
+            })
+        );
+        let set = set_headers(common);
+        assert!(set.contains(&(ROUTING_HEADER.into(), "p".into())));
+        assert!(set.contains(&("content-length".into(), new_body.len().to_string())));
+        assert!(set.contains(&("authorization".into(), "Bearer sk-p".into())));
+        let removed = &common.header_mutation.as_ref().unwrap().remove_headers;
+        assert!(removed.contains(&"x-api-key".to_string()));
+        let meta = response.dynamic_metadata.expect("routing metadata");
+        assert!(meta.fields.contains_key(METADATA_NAMESPACE));
+    }
+
+    #[test]
+    fn response_mode_follows_content_type_and_status() {
+        for (status, content_type, expected) in [
+            (
+                "200",
+                "text/event-stream; charset=utf-8",
+                Some(BodySendMode::Streamed),
+            ),
+            ("200", "application/json", Some(BodySendMode::Buffered)),
+            ("500", "application/json", None),
+            ("200", "text/plain", None),
+        ] {
+            let mut stream = stream();
+            forward(&mut stream, r#"{"model":"fast","stream":true}"#);
+            let response = stream.handle(message(Request::ResponseHeaders(headers(
+                &[(":status", status), ("content-type", content_type)],
+                false,
+            ))));
+            let mode = response
+                .mode_override
+                .map(|m| BodySendMode::try_from(m.response_body_mode).unwrap());
+            assert_eq!(mode, expected, "{status} {content_type}");
+        }
+    }
+
+    #[test]
+    fn buffered_json_reply_yields_usage_headers_and_metadata() {
+        let mut stream = stream();
+        forward(&mut stream, r#"{"model":"fast"}"#);
+        stream.handle(message(Request::ResponseHeaders(headers(
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        ))));
+        let response = stream.handle(message(Request::ResponseBody(HttpBody {
+            body: br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#
+                .to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })));
+        let Some(Response::ResponseBody(BodyResponse {
+            response: Some(common),
+        })) = &response.response
+        else {
+            panic!("unexpected {response:?}");
+        };
+        assert!(set_headers(common).contains(&(TOTAL_TOKENS_HEADER.into(), "7".into())));
+        let meta = response.dynamic_metadata.expect("usage metadata");
+        let Some(Kind::StructValue(gantry)) = &meta.fields[METADATA_NAMESPACE].kind else {
+            panic!("namespace is not a struct");
+        };
+        assert_eq!(
+            gantry.fields["total_tokens"].kind,
+            Some(Kind::NumberValue(7.0))
+        );
+    }
+
+    #[test]
+    fn local_replies_and_unknown_messages_pass_untouched() {
+        let mut stream = stream();
+        // A local reply from another filter: response headers arrive first.
+        let response = stream.handle(message(Request::ResponseHeaders(headers(
+            &[(":status", "401")],
+            true,
+        ))));
+        assert!(matches!(
+            response.response,
+            Some(Response::ResponseHeaders(_))
+        ));
+        assert!(response.mode_override.is_none());
+        let unknown = stream.handle(ProcessingRequest::default());
+        assert_eq!(unknown, ProcessingResponse::default());
+    }
+
+    #[test]
+    fn refused_requests_become_immediate_json_responses() {
+        let mut stream = stream();
+        let response = forward(&mut stream, r#"{"model":"nope"}"#);
+        let Some(Response::ImmediateResponse(reply)) = response.response else {
+            panic!("expected an immediate response");
+        };
+        assert_eq!(reply.status.map(|s| s.code), Some(404));
+        assert_eq!(reply.details, "model_not_found");
+        let content_type = &reply.headers.unwrap().set_headers[0];
+        assert_eq!(
+            content_type.header.as_ref().unwrap().raw_value,
+            b"application/json"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "model_not_found");
+    }
+}

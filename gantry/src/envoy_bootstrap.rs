@@ -203,8 +203,9 @@ fn access_log() -> Value {
     })
 }
 
-/// Envoy's own local replies, rewritten as OpenAI error objects: a body over the buffer limit
-/// (Envoy answers before ext_proc sees it) and ext_proc being unreachable (fail closed).
+/// Envoy's own local replies, rewritten as OpenAI error objects: a provider that cannot be
+/// reached, a body over the buffer limit (Envoy answers before ext_proc sees it), and ext_proc
+/// being unreachable (fail closed).
 fn local_reply_config(max_request_body_bytes: u64) -> Value {
     let cel_filter = |expression: &str| {
         json!({
@@ -227,6 +228,15 @@ fn local_reply_config(max_request_body_bytes: u64) -> Value {
     };
     json!({
         "mappers": [
+            {
+                // The provider refused the connection, reset it, or timed out before answering.
+                "filter": { "response_flag_filter": { "flags": ["UF", "UH", "UO", "URX", "UC", "UT", "UMSDR"] } },
+                "body_format_override": error_body(
+                    "provider '%DYNAMIC_METADATA(gantry:provider)%' could not be reached or did not answer in time (%RESPONSE_CODE_DETAILS%)",
+                    "upstream_error",
+                    "provider_unreachable",
+                ),
+            },
             {
                 "filter": cel_filter("response.code == 413 && response.code_details != 'request_too_large'"),
                 "body_format_override": error_body(

