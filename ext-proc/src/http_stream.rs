@@ -128,7 +128,7 @@ impl HttpStream {
                 "gantry needs whole request bodies (ext_proc request_body_mode: BUFFERED)",
             ));
         }
-        let plan = match plan_forward(&self.snapshot, api, &body.body) {
+        let mut plan = match plan_forward(&self.snapshot, api, &body.body) {
             Ok(plan) => plan,
             Err(reply) => {
                 self.phase = Phase::Idle;
@@ -140,6 +140,7 @@ impl HttpStream {
                 return immediate(&reply);
             }
         };
+        let upstream_body = std::mem::take(&mut plan.body);
         let route = &plan.route;
         tracing::debug!(
             model = %route.alias,
@@ -150,7 +151,7 @@ impl HttpStream {
         );
         let mut set_headers = vec![
             set_header(ROUTING_HEADER, &route.provider.name),
-            set_header("content-length", &plan.body.len().to_string()),
+            set_header("content-length", &upstream_body.len().to_string()),
         ];
         let mut remove_headers = vec!["x-api-key".to_string()];
         match plan.authorization() {
@@ -174,7 +175,7 @@ impl HttpStream {
                 remove_headers,
             }),
             body_mutation: Some(BodyMutation {
-                mutation: Some(Mutation::Body(plan.body.clone())),
+                mutation: Some(Mutation::Body(upstream_body)),
             }),
             clear_route_cache: true,
             ..Default::default()

@@ -38,7 +38,9 @@ pub fn provider_cluster(name: &str) -> String {
 /// Renders the bootstrap as YAML. `source` names the config file in the header comment.
 pub fn render_yaml(config: &ConfigFile, source: &str) -> Result<String, RenderError> {
     let bootstrap = render(config)?;
-    let body = serde_saphyr::to_string(&bootstrap).map_err(|e| RenderError::Yaml(e.to_string()))?;
+    let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    let body = serde_saphyr::to_string_with_options(&bootstrap, options)
+        .map_err(|e| RenderError::Yaml(e.to_string()))?;
     Ok(format!(
         "# Envoy bootstrap rendered by `gantry envoy-config` from {source}.\n\
          # Do not edit: change the Gantry config and render again.\n{body}"

@@ -217,6 +217,13 @@ impl ConfigFile {
         if let Some(admin) = &self.admin {
             if let Some(addr) = check_socket_addr(admin, "admin", &mut issues) {
                 claim_port(addr, "admin", admin.referenced.line(), &mut issues);
+                if !addr.ip().is_loopback() {
+                    issues.push(issue(
+                        "admin",
+                        admin.referenced.line(),
+                        format!("'{}' is not a loopback address: Envoy's admin interface can reconfigure and stop Envoy, keep it on 127.0.0.1 or ::1", admin.value),
+                    ));
+                }
             }
         }
         if let Some(listen) = &self.ext_proc.listen {
@@ -525,7 +532,7 @@ models:
     fn duplicates_and_bad_addresses_are_all_reported() {
         let text = "\
 listen: localhost:10000
-admin: 127.0.0.1:9901
+admin: 0.0.0.0:9901
 ext_proc:
   listen: 127.0.0.1:9901
 providers:
@@ -548,6 +555,7 @@ models:
         for needle in [
             "listen (line 1): 'localhost:10000' is not an IP:port",
             "ext_proc.listen (line 4): port 9901 is already used by admin",
+            "admin (line 2): '0.0.0.0:9901' is not a loopback address",
             "providers[0].endpoint (line 8)",
             "providers[1].name (line 9): duplicate provider name 'a'",
             "providers[1].api_key_env (line 12)",

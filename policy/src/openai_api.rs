@@ -318,13 +318,7 @@ fn parse_bool(raw: &RawValue) -> Option<bool> {
 }
 
 fn unknown_model(snapshot: &Snapshot, alias: &str) -> LocalReply {
-    let listed: serde_json::Value =
-        serde_json::from_slice(&snapshot.models_list_body).unwrap_or_default();
-    let mut names: Vec<&str> = listed["data"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
-        .unwrap_or_default();
-    names.sort_unstable();
+    let names = &snapshot.available_models;
     let available = if names.is_empty() {
         "none".to_string()
     } else if names.len() > 20 {

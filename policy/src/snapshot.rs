@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     models: HashMap<String, Arc<ModelRoute>>,
     pub max_request_body_bytes: u64,
+    /// Names of the models clients can use now (their provider has its key), sorted.
+    pub available_models: Vec<String>,
     /// The JSON body of `GET /v1/models`, rendered once.
     pub models_list_body: Bytes,
 }
@@ -131,6 +133,11 @@ impl Snapshot {
                 }),
             );
         }
+        let mut available_models: Vec<String> = listed
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(String::from))
+            .collect();
+        available_models.sort_unstable();
         let models_list_body =
             serde_json::to_vec(&serde_json::json!({"object": "list", "data": listed}))
                 .map(Bytes::from)
@@ -139,6 +146,7 @@ impl Snapshot {
             providers,
             models,
             max_request_body_bytes: config.max_request_body_bytes(),
+            available_models,
             models_list_body,
         }
     }

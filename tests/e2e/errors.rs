@@ -172,8 +172,15 @@ async fn broken_upstreams_give_clear_errors() {
     let dead_port = free_ports(1)[0];
     let ports = StackPorts::free();
     let yaml = format!(
-        "{}providers:\n  - {{ name: gone, kind: openai, endpoint: 'http://127.0.0.1:{dead_port}' }}\nmodels:\n  - {{ name: ghost, provider: gone, model: g }}\n",
-        ports.config_head()
+        "{}providers:
+  - {{ name: gone, kind: openai, endpoint: 'http://127.0.0.1:{dead_port}' }}
+  - {{ name: slow, kind: openai, endpoint: '{}', timeout_secs: 1 }}
+models:
+  - {{ name: ghost, provider: gone, model: g }}
+  - {{ name: sloth, provider: slow, model: s }}
+",
+        ports.config_head(),
+        t.alpha.base_url()
     );
     let stack = start_stack(ports, yaml, vec![]).await;
     let (status, body) =
@@ -181,6 +188,20 @@ async fn broken_upstreams_give_clear_errors() {
     assert_eq!(status, 503);
     let message = assert_openai_error(&body, "provider_unreachable");
     assert!(message.contains("provider 'gone'"), "{message}");
+
+    // A provider slower than its timeout.
+    let response = crate::http()
+        .post(stack.url(CHAT))
+        .header("content-type", "application/json")
+        .header("x-mock-first-byte-delay-ms", "5000")
+        .body(r#"{"model":"sloth","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 504);
+    let message = assert_openai_error(&body, "provider_unreachable");
+    assert!(message.contains("provider 'slow'"), "{message}");
 
     // The first gateway is unaffected.
     let (status, _) = json_of(post(&url, GOOD).await).await;
