@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use gantry_policy::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::http_stream::HttpStream;
@@ -82,9 +82,11 @@ pub async fn serve(
     snapshot: SharedSnapshot,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener);
+    // Every ext_proc message is small and on the request's critical path: without TCP_NODELAY
+    // each one waits for a delayed ACK. (`Server::tcp_nodelay` does not apply to an incoming
+    // stream we build ourselves, so it is set here.)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(ExtProcService::new(snapshot).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
