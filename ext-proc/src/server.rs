@@ -1,6 +1,8 @@
-//! The tonic `ExternalProcessor` service: one spawned task per ext_proc stream.
+//! The tonic `ExternalProcessor` service: each ext_proc stream (one HTTP request) is answered
+//! message by message from its own [`HttpStream`] state.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -8,10 +10,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     ProcessingRequest, ProcessingResponse,
 };
+use futures::Stream;
 use gantry_policy::Snapshot;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::http_stream::HttpStream;
@@ -44,37 +45,40 @@ impl ExtProcService {
 
 #[tonic::async_trait]
 impl ExternalProcessor for ExtProcService {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = ResponseStream;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
         // One snapshot for the whole HTTP request, even if config is swapped meanwhile.
-        let mut stream = HttpStream::new(self.snapshot.load_full());
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
+        let state = HttpStream::new(self.snapshot.load_full());
+        // Each response is computed when tonic pulls the next one, straight from the inbound
+        // message: no task or channel per request.
+        let responses = futures::stream::unfold(
+            (request.into_inner(), state),
+            |(mut inbound, mut state)| async move {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        let response = stream.handle(message);
-                        if tx.send(Ok(response)).await.is_err() {
-                            break;
-                        }
+                        let response = state.handle(message);
+                        Some((Ok(response), (inbound, state)))
                     }
-                    Ok(None) => break,
+                    Ok(None) => None,
                     // Envoy resets the side stream at the end of every HTTP request: normal.
                     Err(status) => {
                         tracing::trace!(%status, "ext_proc stream ended by Envoy");
-                        break;
+                        None
                     }
                 }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+            },
+        );
+        Ok(Response::new(Box::pin(responses)))
     }
 }
+
+/// The responses of one ext_proc stream.
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
 
 /// Serves ext_proc on `listener` until `shutdown` completes.
 pub async fn serve(
