@@ -49,7 +49,7 @@ async fn respond(shared: &Shared, request: Request) -> Response {
     };
     let recorded = record(&parts, body.clone());
     tracing::debug!(method = %recorded.method, path = %recorded.path, "mock provider request");
-    shared.log().push(recorded);
+    shared.record(recorded);
 
     if let Some(error) = body_error {
         return error.into_response();

@@ -10,7 +10,7 @@
 //! - `POST /v1/embeddings` (deterministic 8-dimensional vectors),
 //! - `GET /v1/models`.
 //!
-//! Replies and token counts are deterministic. Every request is recorded (see
+//! Replies and token counts are deterministic. Requests are recorded (see
 //! [`MockProvider::recorded`]) and every response carries an
 //! `x-mock-provider: <name>` header. Tests can steer a single request with
 //! the headers listed in [`controls`].
@@ -28,6 +28,7 @@
 mod handler;
 mod openai;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -113,15 +114,27 @@ impl RecordedRequest {
 struct Shared {
     config: MockConfig,
     provider_header: HeaderValue,
-    recorded: Mutex<Vec<RecordedRequest>>,
+    recorded: Mutex<VecDeque<RecordedRequest>>,
     next_id: AtomicU64,
 }
+
+/// How many requests the log keeps (the most recent ones), so a long-running mock (the
+/// quickstart's) does not grow without bound.
+pub const RECORD_LIMIT: usize = 1000;
 
 impl Shared {
     /// The request log. A panic elsewhere cannot leave the log half-written, so
     /// a poisoned lock is simply taken over.
-    fn log(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+    fn log(&self) -> MutexGuard<'_, VecDeque<RecordedRequest>> {
         self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        let mut log = self.log();
+        if log.len() == RECORD_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(request);
     }
 }
 
@@ -157,7 +170,7 @@ impl MockProvider {
         let shared = Arc::new(Shared {
             config,
             provider_header,
-            recorded: Mutex::new(Vec::new()),
+            recorded: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
         });
 
@@ -196,9 +209,9 @@ impl MockProvider {
         &self.shared.config
     }
 
-    /// Every request received so far, in arrival order.
+    /// The requests received so far (the most recent [`RECORD_LIMIT`]), in arrival order.
     pub fn recorded(&self) -> Vec<RecordedRequest> {
-        self.shared.log().clone()
+        self.shared.log().iter().cloned().collect()
     }
 
     /// Forgets all recorded requests.

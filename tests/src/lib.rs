@@ -143,6 +143,21 @@ impl ChildProcess {
         wait_for(&format!("{name} to exit"), deadline, || self.try_status())
     }
 
+    /// Waits until stdout contains `needle`; fails with the logs if the process exits first.
+    pub fn wait_for_stdout(&mut self, needle: &str, deadline: Duration) {
+        let what = format!("{} to print {needle:?}", self.name);
+        wait_for(&what, deadline, || {
+            if let Some(status) = self.try_status() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            self.stdout().contains(needle).then_some(())
+        });
+    }
+
     /// Sends `signal` to the process (not the group).
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain syscall on our own child.
@@ -251,19 +266,7 @@ impl GantryStack {
             command.env(k, v);
         }
         let mut process = ChildProcess::spawn("gantry", &mut command);
-        wait_for(
-            "gantry to print its ready line",
-            Duration::from_secs(60),
-            || {
-                if let Some(status) = process.try_status() {
-                    panic!(
-                        "gantry exited before it was ready ({status})\n{}",
-                        process.logs()
-                    );
-                }
-                process.stdout().contains("gantry: ready at").then_some(())
-            },
-        );
+        process.wait_for_stdout("gantry: ready at", Duration::from_secs(60));
         GantryStack {
             process,
             listen: loopback(ports.listen),
