@@ -19,7 +19,7 @@ use gantry_policy::endpoint::ProviderEndpoint;
 use gantry_policy::openai_api::ROUTING_HEADER;
 use gantry_policy::FailureMode;
 
-/// The CA bundle Envoy verifies https providers against.
+/// The CA bundle Envoy verifies https providers against unless a provider names its own.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The ext_proc gRPC cluster's name.
 pub const EXT_PROC_CLUSTER: &str = "gantry_ext_proc";
@@ -76,7 +76,11 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
                 source,
             })?;
         routes.push(provider_route(name, &endpoint, provider.timeout_secs()));
-        clusters.push(provider_cluster_config(name, &endpoint));
+        let ca_file = provider
+            .ca_file
+            .as_ref()
+            .map_or(SYSTEM_CA_BUNDLE, |f| f.value.as_str());
+        clusters.push(provider_cluster_config(name, &endpoint, ca_file));
     }
     routes.push(catch_all_route());
 
@@ -316,7 +320,7 @@ fn ext_proc_cluster(addr: std::net::SocketAddr) -> Value {
     })
 }
 
-fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint) -> Value {
+fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint, ca_file: &str) -> Value {
     let cluster_name = provider_cluster(name);
     let discovery = if endpoint.ip().is_some() {
         "STATIC"
@@ -340,7 +344,7 @@ fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint) -> Value {
                 "sni": endpoint.host,
                 "common_tls_context": {
                     "validation_context": {
-                        "trusted_ca": { "filename": SYSTEM_CA_BUNDLE },
+                        "trusted_ca": { "filename": ca_file },
                         "match_typed_subject_alt_names": [{
                             "san_type": "DNS",
                             "matcher": { "exact": endpoint.host },

@@ -108,6 +108,10 @@ pub struct ProviderSection {
     /// Upper bound for one whole response from this provider, in seconds (default 300).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// PEM file of the CAs that may sign an https provider's certificate (default: the
+    /// system bundle). For providers behind a private CA.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
     /// `gantry run` also serves Gantry's built-in OpenAI-compatible mock at this endpoint
     /// (for offline quickstarts and demos). The endpoint must be `http://` on a loopback IP.
     #[serde(default)]
@@ -290,7 +294,23 @@ impl ConfigFile {
                         "a mock provider's endpoint must be http:// on a loopback IP with an explicit port, e.g. http://127.0.0.1:18080".into(),
                     )),
                 },
-                Ok(_) => {}
+                Ok(endpoint) => {
+                    if let Some(ca_file) = &provider.ca_file {
+                        if !endpoint.tls {
+                            issues.push(issue(
+                                &format!("{path}.ca_file"),
+                                ca_file.referenced.line(),
+                                "applies only to https:// endpoints".into(),
+                            ));
+                        } else if ca_file.value.trim().is_empty() {
+                            issues.push(issue(
+                                &format!("{path}.ca_file"),
+                                ca_file.referenced.line(),
+                                "must not be empty".into(),
+                            ));
+                        }
+                    }
+                }
             }
             if let Some(env) = &provider.api_key_env {
                 if !is_env_var_name(&env.value) {
@@ -572,6 +592,21 @@ models:
         assert!(err.contains("line 4") && err.contains("telepathy"), "{err}");
         let err = problems("listen: [1, 2]\n");
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn ca_file_needs_an_https_endpoint() {
+        let text = GOOD.replace(
+            "    api_key_env: OPENAI_API_KEY",
+            "    ca_file: /etc/ssl/private-ca.pem",
+        );
+        let err = problems(&text);
+        assert!(
+            err.contains("providers[0].ca_file (line 6): applies only to https:// endpoints"),
+            "{err}"
+        );
+        let https = text.replace("http://127.0.0.1:18080", "https://llm.internal:8443");
+        assert!(ConfigFile::parse(&https).is_ok());
     }
 
     #[test]

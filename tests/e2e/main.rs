@@ -9,6 +9,7 @@ mod fail_mode;
 mod interop;
 mod llm_path;
 mod streaming;
+mod tls_upstream;
 
 use std::path::PathBuf;
 use std::time::Duration;

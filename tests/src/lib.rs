@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod gated_upstream;
+pub mod tls;
 
 pub use gated_upstream::GatedSseUpstream;
 

@@ -1,0 +1,74 @@
+//! An https provider: Envoy connects with TLS, sends the provider's host as SNI, verifies the
+//! certificate against the provider's `ca_file`, and rewrites `Host` to the provider's.
+
+use gantry_mock_provider::{MockConfig, MockProvider};
+use gantry_testkit::tls::{TestCa, TlsFront};
+use gantry_testkit::StackPorts;
+
+use crate::{assert_openai_error, json_of, post, start_stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_provider_gets_sni_verified_tls_and_its_host() {
+    let mock = MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            name: "secure".into(),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ca = TestCa::new("Gantry test CA");
+    let cert = ca.issue("localhost");
+    let upstream = mock.addr();
+    let front = tokio::task::spawn_blocking(move || TlsFront::start(upstream, "localhost", &cert))
+        .await
+        .unwrap();
+    // A CA that did not sign the provider's certificate.
+    let stranger = TestCa::new("Some other CA");
+
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - name: secure
+    kind: openai
+    endpoint: https://localhost:{port}/
+    ca_file: {ca}
+  - name: untrusted
+    kind: openai
+    endpoint: https://localhost:{port}
+    ca_file: {stranger}
+models:
+  - {{ name: s, provider: secure, model: secure-1 }}
+  - {{ name: u, provider: untrusted, model: untrusted-1 }}
+",
+        head = ports.config_head(),
+        port = front.port,
+        ca = ca.ca_file().display(),
+        stranger = stranger.ca_file().display(),
+    );
+    let stack = start_stack(ports, yaml, vec![]).await;
+
+    let url = stack.url("/v1/chat/completions");
+    let (status, body) = json_of(post(&url, r#"{"model":"s","messages":[]}"#).await).await;
+    assert_eq!(status, 200, "{body}\n{}", stack.process.logs());
+    assert_eq!(body["model"], "secure-1");
+    let recorded = mock.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0].header("host"),
+        Some(&*format!("localhost:{}", front.port)),
+        "Host must be the provider's, not the gateway's"
+    );
+
+    // A certificate the configured CA did not sign is refused: the request never arrives.
+    let (status, body) = json_of(post(&url, r#"{"model":"u","messages":[]}"#).await).await;
+    assert_eq!(status, 503, "{body}");
+    let message = assert_openai_error(&body, "provider_unreachable");
+    assert!(message.contains("provider 'untrusted'"), "{message}");
+    assert_eq!(
+        mock.recorded().len(),
+        1,
+        "an unverified upstream received the request"
+    );
+}
