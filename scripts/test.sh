@@ -13,3 +13,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== benchmark smoke run (debug build: checks the benchmark works, its figures mean nothing)"
+cargo build --quiet -p gantry -p gantry-bench
+./target/debug/gantry-bench --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-smoke.log 2>&1 \
+  || { cat target/bench-smoke.log; echo "benchmark smoke run failed" >&2; exit 1; }
+echo "benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-smoke.log) rounds, 0 errors)"

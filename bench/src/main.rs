@@ -519,17 +519,7 @@ fn locate_gantry(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Where the testkit will find Envoy, checked here so that a missing Envoy is a clear error.
 fn locate_envoy() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
-        Some(path) => PathBuf::from(path),
-        None => gantry_testkit::project_root().join(".local/bin/envoy"),
-    };
-    if !path.is_file() {
-        bail!(
-            "Envoy is missing at {}: run scripts/setup.sh first (or set ENVOY_BIN)",
-            path.display()
-        );
-    }
-    Ok(path)
+    gantry_testkit::find_envoy_binary().map_err(|reason| anyhow!(reason))
 }
 
 // ---------------------------------------------------------------------------------------------

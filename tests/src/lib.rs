@@ -25,18 +25,25 @@ pub fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The Envoy binary installed by `scripts/setup.sh` (or `ENVOY_BIN`).
-pub fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
+/// The Envoy binary installed by `scripts/setup.sh` (or `ENVOY_BIN`), or why it is missing.
+pub fn find_envoy_binary() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => project_root().join(".local/bin/envoy"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "Envoy is missing at {}: run scripts/setup.sh first (or set ENVOY_BIN)",
+            path.display()
+        ))
     }
-    let path = project_root().join(".local/bin/envoy");
-    assert!(
-        path.exists(),
-        "Envoy is not installed at {}: run scripts/setup.sh first",
-        path.display()
-    );
-    path
+}
+
+/// [`find_envoy_binary`], failing the test when Envoy is missing.
+pub fn envoy_binary() -> PathBuf {
+    find_envoy_binary().unwrap_or_else(|reason| panic!("{reason}"))
 }
 
 /// The project's Python venv interpreter (with the pinned `openai` SDK).
