@@ -3,6 +3,7 @@
 //! `openai` Python SDK.
 
 mod cli;
+mod concurrency;
 mod envoy_configs;
 mod errors;
 mod fail_mode;
