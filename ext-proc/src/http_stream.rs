@@ -158,7 +158,7 @@ impl HttpStream {
             Some(value) => set_headers.push(set_header("authorization", value)),
             None => remove_headers.push("authorization".to_string()),
         }
-        let metadata = gantry_metadata(&[
+        let metadata = gantry_metadata([
             ("provider", string_value(&route.provider.name)),
             ("model", string_value(&route.alias)),
             ("upstream_model", string_value(&route.upstream_model)),
@@ -352,11 +352,11 @@ fn number_value(n: u64) -> Value {
     }
 }
 
-fn gantry_metadata(fields: &[(&str, Value)]) -> Struct {
+fn gantry_metadata<const N: usize>(fields: [(&str, Value); N]) -> Struct {
     let inner = Struct {
         fields: fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
             .collect(),
     };
     Struct {
@@ -372,7 +372,7 @@ fn gantry_metadata(fields: &[(&str, Value)]) -> Struct {
 }
 
 fn usage_metadata(usage: Usage) -> Struct {
-    gantry_metadata(&[
+    gantry_metadata([
         ("prompt_tokens", number_value(usage.prompt_tokens)),
         ("completion_tokens", number_value(usage.completion_tokens)),
         ("total_tokens", number_value(usage.total_tokens)),

@@ -73,16 +73,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         mocks.push(mock);
     }
 
-    let models: Vec<String> = config
-        .models
-        .iter()
-        .filter(|m| {
-            snapshot
-                .model(&m.name.value)
-                .is_some_and(|r| r.provider.is_available())
-        })
-        .map(|m| m.name.value.clone())
-        .collect();
+    let models = snapshot.available_models.clone();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let (stop_ext_proc, ext_proc_stopped) = tokio::sync::oneshot::channel::<()>();
     let ext_proc_task = tokio::spawn(gantry_ext_proc::serve(
