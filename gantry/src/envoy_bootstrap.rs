@@ -23,7 +23,8 @@ use gantry_policy::FailureMode;
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The ext_proc gRPC cluster's name.
 pub const EXT_PROC_CLUSTER: &str = "gantry_ext_proc";
-/// Per-connection buffer: bounds JSON replies that ext_proc reads whole (32 MiB).
+/// Per-connection buffer (at least 32 MiB): bounds request bodies and the JSON replies that
+/// ext_proc reads whole.
 const CONNECTION_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
 /// Envoy refuses connections beyond this many, instead of running out of file descriptors.
 const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
@@ -107,7 +108,10 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
             "listeners": [{
                 "name": "gantry_listener",
                 "address": socket_address(listen),
-                "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
+                // Envoy's own cap on what it buffers for ext_proc: above it, Envoy answers 413
+                // before Gantry sees the body. It must not be below Gantry's limit.
+                "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES
+                    .max(config.max_request_body_bytes() + 64 * 1024),
                 "filter_chains": [{
                     "filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
@@ -136,7 +140,6 @@ fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs
             "virtual_hosts": [{
                 "name": "gantry",
                 "domains": ["*"],
-                "request_body_buffer_limit": config.max_request_body_bytes(),
                 "routes": routes,
             }],
         },

@@ -22,6 +22,9 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const DEFAULT_EXT_PROC_LISTEN: &str = "127.0.0.1:10001";
 /// The largest request body Gantry accepts unless the config says otherwise (4 MiB).
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest `max_request_body_bytes` allowed: a buffered body travels to ext_proc in one
+/// gRPC message, which must stay under the server's 64 MiB message limit.
+pub const MAX_REQUEST_BODY_LIMIT: u64 = 48 * 1024 * 1024;
 /// How long Envoy waits for a provider's whole response unless the provider says otherwise.
 pub const DEFAULT_PROVIDER_TIMEOUT_SECS: u64 = 300;
 
@@ -248,11 +251,11 @@ impl ConfigFile {
             });
         }
         if let Some(limit) = &self.limits.max_request_body_bytes {
-            if limit.value == 0 {
+            if limit.value == 0 || limit.value > MAX_REQUEST_BODY_LIMIT {
                 issues.push(issue(
                     "limits.max_request_body_bytes",
                     limit.referenced.line(),
-                    "must be at least 1".into(),
+                    format!("must be between 1 and {MAX_REQUEST_BODY_LIMIT} (48 MiB)"),
                 ));
             }
         }
@@ -570,6 +573,8 @@ models:
   - name: m
     provider: a
     model: ''
+limits:
+  max_request_body_bytes: 100000000
 ";
         let err = problems(text);
         for needle in [
@@ -581,6 +586,7 @@ models:
             "providers[1].api_key_env (line 12)",
             "models[1].name (line 17): duplicate model name 'm'",
             "models[1].model (line 19): must not be empty",
+            "limits.max_request_body_bytes (line 21): must be between 1 and 50331648",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
