@@ -12,9 +12,14 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace
+mkdir -p target
+cargo test --workspace 2>&1 | tee target/test-output.log
 echo "== benchmark smoke run (debug build: checks the benchmark works, its figures mean nothing)"
 cargo build --quiet -p gantry -p gantry-bench
 ./target/debug/gantry-bench --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-smoke.log 2>&1 \
   || { cat target/bench-smoke.log; echo "benchmark smoke run failed" >&2; exit 1; }
 echo "benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-smoke.log) rounds, 0 errors)"
+
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \
+  target/test-output.log
