@@ -389,6 +389,26 @@ models:
 ";
 
     #[test]
+    fn envoy_buffers_at_least_the_configured_body_limit() {
+        let limit = 40 * 1024 * 1024;
+        let text = format!("{CONFIG}limits: {{ max_request_body_bytes: {limit} }}\n");
+        let bootstrap = render(&ConfigFile::parse(&text).unwrap()).unwrap();
+        let buffer = bootstrap["static_resources"]["listeners"][0]
+            ["per_connection_buffer_limit_bytes"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            buffer > limit,
+            "Envoy would answer 413 below Gantry's limit: {buffer}"
+        );
+        let default = render(&ConfigFile::parse(CONFIG).unwrap()).unwrap();
+        assert_eq!(
+            default["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"],
+            CONNECTION_BUFFER_BYTES
+        );
+    }
+
+    #[test]
     fn renders_routes_clusters_and_filter() {
         let config = ConfigFile::parse(CONFIG).unwrap();
         let bootstrap = render(&config).unwrap();

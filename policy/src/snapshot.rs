@@ -112,11 +112,13 @@ impl Snapshot {
         }
         let mut models = HashMap::with_capacity(config.models.len());
         let mut listed = Vec::new();
+        let mut available_models = Vec::new();
         for section in &config.models {
             let Some(provider) = by_name.get(&section.provider.value) else {
                 continue; // unreachable on a validated config
             };
             if provider.is_available() {
+                available_models.push(section.name.value.clone());
                 listed.push(serde_json::json!({
                     "id": section.name.value,
                     "object": "model",
@@ -133,10 +135,6 @@ impl Snapshot {
                 }),
             );
         }
-        let mut available_models: Vec<String> = listed
-            .iter()
-            .filter_map(|m| m["id"].as_str().map(String::from))
-            .collect();
         available_models.sort_unstable();
         let models_list_body =
             serde_json::to_vec(&serde_json::json!({"object": "list", "data": listed}))

@@ -3,7 +3,7 @@
 use futures::stream;
 use gantry_testkit::{free_ports, StackPorts};
 
-use crate::{assert_openai_error, json_of, post, start_stack, TwoProviders};
+use crate::{assert_openai_error, json_of, post, start_mock, start_stack, TwoProviders};
 
 const CHAT: &str = "/v1/chat/completions";
 const GOOD: &str = r#"{"model":"m-alpha","messages":[{"role":"user","content":"still there?"}]}"#;
@@ -98,12 +98,7 @@ async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_list_and_unconfigured_provider() {
     let ports = StackPorts::free();
-    let mock = gantry_mock_provider::MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let mock = start_mock("mock", None).await;
     let yaml = format!(
         "{}providers:
   - {{ name: local, kind: openai, endpoint: '{}' }}

@@ -7,14 +7,12 @@ use std::process::Command;
 use gantry_mock_provider::MockProvider;
 use gantry_testkit::{EnvoyProcess, StackPorts};
 
-use crate::{assert_openai_error, gantry_bin, json_of, post};
+use crate::{assert_openai_error, gantry_bin, json_of, post, start_mock};
 
 async fn envoy_without_ext_proc(
     failure_mode: &str,
 ) -> (EnvoyProcess, MockProvider, StackPorts, tempfile::TempDir) {
-    let mock = MockProvider::start("127.0.0.1:0".parse().unwrap(), Default::default())
-        .await
-        .unwrap();
+    let mock = start_mock("mock", None).await;
     let ports = StackPorts::free();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gantry.yaml");

@@ -37,25 +37,8 @@ pub struct TwoProviders {
 impl TwoProviders {
     /// `extra` is appended to the config (e.g. a `limits:` section).
     pub async fn start(extra: &str) -> TwoProviders {
-        let alpha = MockProvider::start(
-            "127.0.0.1:0".parse().unwrap(),
-            MockConfig {
-                name: "alpha".into(),
-                ..MockConfig::default()
-            },
-        )
-        .await
-        .expect("start alpha");
-        let beta = MockProvider::start(
-            "127.0.0.1:0".parse().unwrap(),
-            MockConfig {
-                name: "beta".into(),
-                expected_api_key: Some(BETA_KEY.into()),
-                ..MockConfig::default()
-            },
-        )
-        .await
-        .expect("start beta");
+        let alpha = start_mock("alpha", None).await;
+        let beta = start_mock("beta", Some(BETA_KEY)).await;
         let ports = StackPorts::free();
         let yaml = format!(
             "{head}providers:
@@ -77,6 +60,20 @@ models:
         let stack = start_stack(ports, yaml, vec![(BETA_KEY_ENV, BETA_KEY)]).await;
         TwoProviders { stack, alpha, beta }
     }
+}
+
+/// A mock provider on a free port, named `name` in its replies, requiring `api_key` if given.
+pub async fn start_mock(name: &str, api_key: Option<&str>) -> MockProvider {
+    MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            name: name.into(),
+            expected_api_key: api_key.map(String::from),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot start mock provider {name}: {e}"))
 }
 
 /// Starts `gantry run` without blocking the async runtime the mocks run on.

@@ -1,23 +1,14 @@
 //! An https provider: Envoy connects with TLS, sends the provider's host as SNI, verifies the
 //! certificate against the provider's `ca_file`, and rewrites `Host` to the provider's.
 
-use gantry_mock_provider::{MockConfig, MockProvider};
 use gantry_testkit::tls::{TestCa, TlsFront};
 use gantry_testkit::StackPorts;
 
-use crate::{assert_openai_error, json_of, post, start_stack};
+use crate::{assert_openai_error, json_of, post, start_mock, start_stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_provider_gets_sni_verified_tls_and_its_host() {
-    let mock = MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            name: "secure".into(),
-            ..MockConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = start_mock("secure", None).await;
     let ca = TestCa::new("Gantry test CA");
     let cert = ca.issue("localhost");
     let upstream = mock.addr();
