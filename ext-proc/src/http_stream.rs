@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    header_value_option::HeaderAppendAction, HeaderMap, HeaderValue, HeaderValueOption,
+    header_value_option::HeaderAppendAction, HeaderMap, HeaderValue, HeaderValueOption, Metadata,
 };
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
     processing_mode::BodySendMode, ProcessingMode,
@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use gantry_policy::openai_api::ROUTING_HEADER;
+use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
     decide_on_head, plan_forward, ChunkOutput, ForwardPlan, HeadDecision, LlmApi, LocalReply,
@@ -59,10 +59,56 @@ enum ResponseBody {
     Streamed(StreamAccountant),
 }
 
+/// The dynamic metadata namespace of Envoy's ext_authz filter, where Gantry's ext_authz server
+/// leaves the admitted principal (Envoy forwards it with `forwarding_namespaces`).
+pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
+
+/// The caller ext_authz admitted, as far as ext_proc needs to know.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: Option<String>,
+    pub team: Option<String>,
+    /// The API key's model allow-list, when it has one.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl Caller {
+    fn from_metadata(metadata: Option<&Metadata>) -> Caller {
+        let Some(fields) = metadata
+            .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
+            .map(|s| &s.fields)
+        else {
+            return Caller::default();
+        };
+        let text = |key: &str| match fields.get(key).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let allowed_models = match fields.get("allowed_models").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::ListValue(list)) => Some(
+                list.values
+                    .iter()
+                    .filter_map(|v| match &v.kind {
+                        Some(Kind::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        Caller {
+            subject: text("subject"),
+            team: text("team"),
+            allowed_models,
+        }
+    }
+}
+
 /// The state of one ext_proc stream (one HTTP request).
 pub struct HttpStream {
     snapshot: Arc<Snapshot>,
     phase: Phase,
+    caller: Caller,
 }
 
 impl HttpStream {
@@ -70,13 +116,17 @@ impl HttpStream {
         HttpStream {
             snapshot,
             phase: Phase::Idle,
+            caller: Caller::default(),
         }
     }
 
     /// Answers one message. Every message gets exactly one response.
     pub fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
         match message.request {
-            Some(Request::RequestHeaders(headers)) => self.on_request_headers(&headers),
+            Some(Request::RequestHeaders(headers)) => {
+                self.caller = Caller::from_metadata(message.metadata_context.as_ref());
+                self.on_request_headers(&headers)
+            }
             Some(Request::RequestBody(body)) => self.on_request_body(&body),
             Some(Request::ResponseHeaders(headers)) => self.on_response_headers(&headers),
             Some(Request::ResponseBody(body)) => self.on_response_body(&body),
@@ -102,7 +152,13 @@ impl HttpStream {
             content_length,
             headers.end_of_stream,
         ) {
-            HeadDecision::Reply(reply) => {
+            HeadDecision::Reply(mut reply) => {
+                if let (Some(allowed), MODELS_LIST_DETAILS) =
+                    (&self.caller.allowed_models, reply.details)
+                {
+                    // A key limited to some models sees only those.
+                    reply.body = self.snapshot.models_list_body_for(allowed);
+                }
                 tracing::debug!(method, path, status = reply.status, "answered locally");
                 immediate(&reply)
             }
@@ -158,7 +214,10 @@ impl HttpStream {
             Some(value) => set_headers.push(set_header("authorization", value)),
             None => remove_headers.push("authorization".to_string()),
         }
+        let caller = |value: &Option<String>| string_value(value.as_deref().unwrap_or(""));
         let metadata = gantry_metadata([
+            ("subject", caller(&self.caller.subject)),
+            ("team", caller(&self.caller.team)),
             ("provider", string_value(&route.provider.name)),
             ("model", string_value(&route.alias)),
             ("upstream_model", string_value(&route.upstream_model)),

@@ -14,7 +14,10 @@
 use serde_json::{json, Value};
 
 use gantry_ext_proc::http_stream::METADATA_NAMESPACE;
-use gantry_policy::config::ConfigFile;
+use gantry_policy::auth::IDENTITY_HEADERS;
+use gantry_policy::config::{
+    AuthSection, ConfigFile, CorsSection, DEFAULT_CORS_HEADERS, DEFAULT_CORS_METHODS,
+};
 use gantry_policy::endpoint::ProviderEndpoint;
 use gantry_policy::openai_api::ROUTING_HEADER;
 use gantry_policy::FailureMode;
@@ -23,6 +26,13 @@ use gantry_policy::FailureMode;
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The ext_proc gRPC cluster's name.
 pub const EXT_PROC_CLUSTER: &str = "gantry_ext_proc";
+/// The route that matches until ext_proc picks a provider, and its endpoint-less cluster.
+const CATCH_ALL_ROUTE: &str = "gantry_catch_all";
+const NO_PROVIDER_CLUSTER: &str = "gantry_no_provider";
+/// The ext_authz gRPC cluster's name.
+pub const EXT_AUTHZ_CLUSTER: &str = "gantry_ext_authz";
+/// The namespace Envoy's ext_authz filter writes the principal's dynamic metadata under.
+pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// Per-connection buffer (at least 32 MiB): bounds request bodies and the JSON replies that
 /// ext_proc reads whole.
 const CONNECTION_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
@@ -67,7 +77,13 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
     let ext_proc = config.ext_proc_addr();
 
     let mut routes = Vec::new();
-    let mut clusters = vec![ext_proc_cluster(ext_proc)];
+    let mut clusters = vec![
+        grpc_cluster(EXT_PROC_CLUSTER, ext_proc),
+        no_provider_cluster(),
+    ];
+    if config.auth.is_some() {
+        clusters.push(grpc_cluster(EXT_AUTHZ_CLUSTER, config.auth_addr()));
+    }
     for provider in &config.providers {
         let name = &provider.name.value;
         let endpoint = provider
@@ -112,39 +128,62 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
                 // before Gantry sees the body. It must not be below Gantry's limit.
                 "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES
                     .max(config.max_request_body_bytes() + 64 * 1024),
-                "filter_chains": [{
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": http_connection_manager(config, routes, slowest),
-                    }],
-                }],
+                "filter_chains": [filter_chain(config, routes, slowest)],
             }],
             "clusters": clusters,
         },
     }))
 }
 
+fn filter_chain(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> Value {
+    let mut chain = json!({
+        "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": http_connection_manager(config, routes, slowest_secs),
+        }],
+    });
+    if let Some(tls) = &config.tls {
+        let mut context = json!({
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": tls.cert_file.value },
+                    "private_key": { "filename": tls.key_file.value },
+                }],
+            },
+        });
+        if let Some(ca) = &tls.client_ca_file {
+            context["common_tls_context"]["validation_context"] =
+                json!({ "trusted_ca": { "filename": ca.value } });
+            context["require_client_certificate"] = json!(tls.requires_client_certificate());
+        }
+        context["@type"] = json!(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+        );
+        chain["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": context,
+        });
+    }
+    chain
+}
+
 fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> Value {
     let fail_open = config.ext_proc.failure_mode == FailureMode::Open;
     let message_timeout_ms = config.message_timeout_ms();
-    json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "gantry",
-        "codec_type": "AUTO",
-        "normalize_path": true,
-        "merge_slashes": true,
-        "access_log": [access_log()],
-        "local_reply_config": local_reply_config(config.max_request_body_bytes()),
-        "route_config": {
-            "name": "gantry_routes",
-            "virtual_hosts": [{
-                "name": "gantry",
-                "domains": ["*"],
-                "routes": routes,
-            }],
-        },
-        "http_filters": [
-            {
+    let mut filters = Vec::new();
+    // Order matters: identity headers are stripped before anything reads them, and CORS
+    // preflights are answered before authorization (browsers send them without credentials).
+    if config.auth.is_some() {
+        filters.push(strip_identity_headers_filter());
+    }
+    if config.cors.is_some() {
+        filters.push(cors_filter());
+    }
+    if let Some(auth) = &config.auth {
+        filters.push(ext_authz_filter(config, auth));
+    }
+    filters.push(json!({
                 "name": "envoy.filters.http.ext_proc",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
@@ -167,16 +206,122 @@ fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs
                         "response_trailer_mode": "SKIP",
                     },
                     "metadata_options": {
+                        // The principal ext_authz admitted, for per-caller accounting.
+                        "forwarding_namespaces": { "untyped": [EXT_AUTHZ_NAMESPACE] },
                         "receiving_namespaces": { "untyped": [METADATA_NAMESPACE] },
                     },
                 },
-            },
-            {
+            }));
+    filters.push(json!({
                 "name": "envoy.filters.http.router",
                 "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
-            },
-        ],
+            }));
+    let mut virtual_host = json!({
+        "name": "gantry",
+        "domains": ["*"],
+        "routes": routes,
+    });
+    if let Some(cors) = &config.cors {
+        virtual_host["typed_per_filter_config"] =
+            json!({ "envoy.filters.http.cors": cors_policy(cors) });
+    }
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gantry",
+        "codec_type": "AUTO",
+        "normalize_path": true,
+        "merge_slashes": true,
+        "access_log": [access_log()],
+        "local_reply_config": local_reply_config(config.max_request_body_bytes()),
+        "route_config": {
+            "name": "gantry_routes",
+            "virtual_hosts": [virtual_host],
+        },
+        "http_filters": filters,
     })
+}
+
+/// Removes identity headers a client may have sent, before anything reads them: ext_authz
+/// sets them again for the admitted principal; if ext_authz is skipped they stay absent.
+fn strip_identity_headers_filter() -> Value {
+    let removals: Vec<Value> = IDENTITY_HEADERS
+        .iter()
+        .map(|h| json!({ "remove": h }))
+        .collect();
+    json!({
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": { "request_mutations": removals },
+        },
+    })
+}
+
+fn cors_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.cors",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" },
+    })
+}
+
+fn cors_policy(cors: &CorsSection) -> Value {
+    let origins: Vec<Value> = cors
+        .allow_origins
+        .iter()
+        .map(|o| match o.value.strip_prefix("regex:") {
+            Some(re) => json!({ "safe_regex": { "regex": re } }),
+            None if o.value == "*" => json!({ "safe_regex": { "regex": ".*" } }),
+            None => json!({ "exact": o.value }),
+        })
+        .collect();
+    let list = |configured: &[String], default: &[&str]| {
+        if configured.is_empty() {
+            default.join(",")
+        } else {
+            configured.join(",")
+        }
+    };
+    let mut policy = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": origins,
+        "allow_methods": list(&cors.allow_methods, DEFAULT_CORS_METHODS),
+        "allow_headers": list(&cors.allow_headers, DEFAULT_CORS_HEADERS),
+        "allow_credentials": cors.allow_credentials,
+        // A preflight from an origin that is not allowed is answered by Envoy too, without
+        // CORS headers, instead of reaching authorization and the providers.
+        "forward_not_matching_preflights": false,
+    });
+    if !cors.expose_headers.is_empty() {
+        policy["expose_headers"] = json!(cors.expose_headers.join(","));
+    }
+    if let Some(max_age) = cors.max_age_secs {
+        policy["max_age"] = json!(max_age.to_string());
+    }
+    policy
+}
+
+fn ext_authz_filter(config: &ConfigFile, auth: &AuthSection) -> Value {
+    let mut filter = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "grpc_service": {
+            "envoy_grpc": { "cluster_name": EXT_AUTHZ_CLUSTER },
+            "timeout": millis(auth.timeout_ms()),
+        },
+        "transport_api_version": "V3",
+        "failure_mode_allow": auth.failure_mode == FailureMode::Open,
+        "status_on_error": { "code": "ServiceUnavailable" },
+        "include_peer_certificate": true,
+        "include_tls_session": true,
+    });
+    if auth.needs_request_body() {
+        // The whole body (never a prefix: the model may come after a long prompt), as bytes.
+        filter["with_request_body"] = json!({
+            "max_request_bytes": config.max_request_body_bytes(),
+            "allow_partial_message": false,
+            "pack_as_bytes": true,
+        });
+    }
+    json!({ "name": "envoy.filters.http.ext_authz", "typed_config": filter })
 }
 
 fn millis(ms: u64) -> String {
@@ -186,6 +331,7 @@ fn millis(ms: u64) -> String {
 /// One JSON line per request, with Gantry's routing decision and token usage.
 fn access_log() -> Value {
     let meta = |key: &str| format!("%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%");
+    let authz = |key: &str| format!("%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:{key})%");
     json!({
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
@@ -206,6 +352,10 @@ fn access_log() -> Value {
                     "prompt_tokens": meta("prompt_tokens"),
                     "completion_tokens": meta("completion_tokens"),
                     "total_tokens": meta("total_tokens"),
+                    "subject": authz("subject"),
+                    "auth_method": authz("auth_method"),
+                    "api_key": authz("key"),
+                    "denied": authz("denied"),
                 },
             },
         },
@@ -238,6 +388,15 @@ fn local_reply_config(max_request_body_bytes: u64) -> Value {
     json!({
         "mappers": [
             {
+                "filter": cel_filter(&format!("xds.route_name == '{CATCH_ALL_ROUTE}' && response.code_details == 'no_healthy_upstream'")),
+                "status_code": 503,
+                "body_format_override": error_body(
+                    "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it",
+                    "service_unavailable",
+                    "gantry_unavailable",
+                ),
+            },
+            {
                 // The provider refused the connection, reset it, or timed out before answering.
                 "filter": { "response_flag_filter": { "flags": ["UF", "UH", "UO", "URX", "UC", "UT", "UMSDR"] } },
                 "body_format_override": error_body(
@@ -252,6 +411,15 @@ fn local_reply_config(max_request_body_bytes: u64) -> Value {
                     &format!("request body exceeds this gateway's limit of {max_request_body_bytes} bytes"),
                     "invalid_request_error",
                     "request_too_large",
+                ),
+            },
+            {
+                "filter": cel_filter("response.code_details.startsWith('ext_authz_error')"),
+                "status_code": 503,
+                "body_format_override": error_body(
+                    "gantry's authorization service (ext_authz) is unavailable, so the request was not forwarded (%RESPONSE_CODE_DETAILS%)",
+                    "service_unavailable",
+                    "gantry_unavailable",
                 ),
             },
             {
@@ -287,30 +455,30 @@ fn provider_route(name: &str, endpoint: &ProviderEndpoint, timeout_secs: u64) ->
     })
 }
 
-/// Reached only when ext_proc did not choose a provider: it was down and the filter is open.
+/// Matches every request until ext_proc picks a provider; answered by Envoy (503, rewritten by
+/// a local reply mapper) only when ext_proc did not: it was down and the filter is open. It is a
+/// routed route to a cluster without endpoints, not a direct response, because filters such as
+/// CORS act only on routed routes.
 fn catch_all_route() -> Value {
-    let body = json!({
-        "error": {
-            "message": "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it",
-            "type": "service_unavailable",
-            "param": null,
-            "code": "gantry_unavailable",
-        }
-    });
     json!({
-        "name": "gantry_catch_all",
+        "name": CATCH_ALL_ROUTE,
         "match": { "prefix": "/" },
-        "direct_response": { "status": 503, "body": { "inline_string": body.to_string() } },
-        "response_headers_to_add": [{
-            "header": { "key": "content-type", "value": "application/json" },
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        }],
+        "route": { "cluster": NO_PROVIDER_CLUSTER, "timeout": "5s" },
     })
 }
 
-fn ext_proc_cluster(addr: std::net::SocketAddr) -> Value {
+fn no_provider_cluster() -> Value {
     json!({
-        "name": EXT_PROC_CLUSTER,
+        "name": NO_PROVIDER_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": NO_PROVIDER_CLUSTER, "endpoints": [] },
+    })
+}
+
+fn grpc_cluster(name: &str, addr: std::net::SocketAddr) -> Value {
+    json!({
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -319,7 +487,7 @@ fn ext_proc_cluster(addr: std::net::SocketAddr) -> Value {
                 "explicit_http_config": { "http2_protocol_options": {} },
             },
         },
-        "load_assignment": load_assignment(EXT_PROC_CLUSTER, &addr.ip().to_string(), addr.port()),
+        "load_assignment": load_assignment(name, &addr.ip().to_string(), addr.port()),
     })
 }
 
@@ -421,7 +589,7 @@ models:
         assert_eq!(routes[1]["route"]["prefix_rewrite"], "/openai/");
         assert_eq!(routes[1]["route"]["host_rewrite_literal"], "api.groq.com");
         assert_eq!(routes[1]["route"]["timeout"], "600s");
-        assert_eq!(routes[2]["direct_response"]["status"], 503);
+        assert_eq!(routes[2]["route"]["cluster"], NO_PROVIDER_CLUSTER);
         let ext_proc = &hcm["http_filters"][0]["typed_config"];
         assert_eq!(ext_proc["grpc_service"]["timeout"], "630s");
         assert_eq!(ext_proc["failure_mode_allow"], false);
@@ -429,15 +597,86 @@ models:
         let clusters = bootstrap["static_resources"]["clusters"]
             .as_array()
             .unwrap();
-        assert_eq!(clusters[1]["type"], "STATIC");
-        assert_eq!(clusters[2]["type"], "LOGICAL_DNS");
+        assert_eq!(clusters[1]["name"], NO_PROVIDER_CLUSTER);
+        assert_eq!(clusters[2]["type"], "STATIC");
+        assert_eq!(clusters[3]["type"], "LOGICAL_DNS");
         assert_eq!(
-            clusters[2]["transport_socket"]["typed_config"]["sni"],
+            clusters[3]["transport_socket"]["typed_config"]["sni"],
             "api.groq.com"
+        );
+        assert_eq!(
+            hcm["http_filters"].as_array().unwrap().len(),
+            2,
+            "no auth, no cors"
         );
         let yaml = render_yaml(&config, "test.yaml").unwrap();
         assert!(
             yaml.starts_with("# Envoy bootstrap rendered by `gantry envoy-config` from test.yaml.")
         );
+    }
+
+    #[test]
+    fn auth_tls_and_cors_render_in_the_right_order() {
+        let text = format!(
+            "{CONFIG}auth:\n  listen: 127.0.0.1:10002\n  api_keys: [{{ name: k, hash: 'sha256:{}', models: [fast] }}]\n\
+             tls: {{ cert_file: s.crt, key_file: s.key, client_ca_file: ca.crt }}\n\
+             cors: {{ allow_origins: ['https://a.example', 'regex:^https://.*\\.b\\.example$'] }}\n",
+            "ab".repeat(32)
+        );
+        let config = ConfigFile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let bootstrap = render(&config).unwrap();
+        let chain = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0];
+        let tls = &chain["transport_socket"]["typed_config"];
+        assert_eq!(tls["require_client_certificate"], true);
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            "ca.crt"
+        );
+        let hcm = &chain["filters"][0]["typed_config"];
+        let names: Vec<&str> = hcm["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.http.header_mutation",
+                "envoy.filters.http.cors",
+                "envoy.filters.http.ext_authz",
+                "envoy.filters.http.ext_proc",
+                "envoy.filters.http.router"
+            ]
+        );
+        let strip = &hcm["http_filters"][0]["typed_config"]["mutations"]["request_mutations"];
+        assert_eq!(strip.as_array().unwrap().len(), IDENTITY_HEADERS.len());
+        let authz = &hcm["http_filters"][2]["typed_config"];
+        assert_eq!(authz["with_request_body"]["allow_partial_message"], false);
+        assert_eq!(
+            authz["with_request_body"]["max_request_bytes"],
+            4 * 1024 * 1024
+        );
+        assert_eq!(authz["include_peer_certificate"], true);
+        assert_eq!(authz["failure_mode_allow"], false);
+        let ext_proc = &hcm["http_filters"][3]["typed_config"];
+        assert_eq!(
+            ext_proc["metadata_options"]["forwarding_namespaces"]["untyped"][0],
+            EXT_AUTHZ_NAMESPACE
+        );
+        let cors = &hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
+            ["envoy.filters.http.cors"];
+        assert_eq!(
+            cors["allow_origin_string_match"][0]["exact"],
+            "https://a.example"
+        );
+        assert_eq!(
+            cors["allow_origin_string_match"][1]["safe_regex"]["regex"],
+            "^https://.*\\.b\\.example$"
+        );
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap();
+        assert!(clusters.iter().any(|c| c["name"] == EXT_AUTHZ_CLUSTER));
     }
 }

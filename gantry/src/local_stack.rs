@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use gantry_ext_authz::{AuthzService, JwksStore};
 use gantry_mock_provider::{MockConfig, MockProvider};
 use gantry_policy::{ConfigFile, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,10 +47,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     ensure_port_free(listen, "listen")?;
     ensure_port_free(admin, "admin")?;
 
-    let ext_proc_addr = config.ext_proc_addr();
-    let ext_proc_listener = TcpListener::bind(ext_proc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {ext_proc_addr} (ext_proc.listen)"))?;
     let mut mocks = Vec::new();
     for provider in snapshot.providers.iter().filter(|p| p.mock) {
         let Some(addr) = provider.endpoint.mock_listen_addr() else {
@@ -74,15 +71,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let models = snapshot.available_models.clone();
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    let (stop_ext_proc, ext_proc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ext_proc_task = tokio::spawn(gantry_ext_proc::serve(
-        ext_proc_listener,
-        shared,
-        async move {
-            let _ = ext_proc_stopped.await;
-        },
-    ));
+    let services = Services::start(config, snapshot).await?;
 
     let work_dir = std::env::temp_dir().join(format!("gantry-run-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
@@ -93,12 +82,126 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", bootstrap_path.display()))?;
 
     let mut envoy = spawn_envoy(&options.envoy, &bootstrap_path, &options.envoy_log_level)?;
-    let outcome = supervise(&mut envoy, listen, admin, &models).await;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let outcome = supervise(&mut envoy, listen, admin, &models, scheme).await;
     stop_envoy(&mut envoy).await;
-    let _ = stop_ext_proc.send(());
-    let _ = ext_proc_task.await;
+    services.stop().await;
     drop(mocks);
     let _ = std::fs::remove_dir_all(&work_dir);
+    outcome
+}
+
+/// Gantry's gRPC servers: ext_proc always, ext_authz when the config has an `auth` section.
+pub struct Services {
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Services {
+    /// Binds and starts the servers; fails if a port is taken or a JWKS file is unreadable.
+    pub async fn start(config: &ConfigFile, snapshot: Snapshot) -> anyhow::Result<Services> {
+        let ext_proc_addr = config.ext_proc_addr();
+        let ext_proc_listener = TcpListener::bind(ext_proc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {ext_proc_addr} (ext_proc.listen)"))?;
+        let authz = match &snapshot.auth {
+            Some(policy) => {
+                let addr = config.auth_addr();
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (auth.listen)"))?;
+                let jwks = Arc::new(JwksStore::new(policy)?);
+                jwks.spawn_refresh();
+                Some((listener, jwks))
+            }
+            None => None,
+        };
+        let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+        let mut services = Services {
+            stop: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        services.stop.push(stop);
+        services.tasks.push(tokio::spawn(gantry_ext_proc::serve(
+            ext_proc_listener,
+            shared.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        )));
+        tracing::info!("ext_proc serving on {ext_proc_addr}");
+        if let Some((listener, jwks)) = authz {
+            let addr = listener.local_addr().ok();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services.tasks.push(tokio::spawn(gantry_ext_authz::serve(
+                listener,
+                AuthzService::new(shared, jwks),
+                async move {
+                    let _ = stopped.await;
+                },
+            )));
+            tracing::info!("ext_authz serving on {addr:?}");
+        }
+        Ok(services)
+    }
+
+    /// Waits until a server fails (it should not) and says which.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, _) = futures::future::select_all(self.tasks.iter_mut()).await;
+        let what = if index == 0 { "ext_proc" } else { "ext_authz" };
+        match result {
+            Ok(Ok(())) => anyhow::anyhow!("the {what} server stopped"),
+            Ok(Err(e)) => anyhow::anyhow!("the {what} server failed: {e}"),
+            Err(e) => anyhow::anyhow!("the {what} server panicked: {e}"),
+        }
+    }
+
+    pub async fn stop(self) {
+        for stop in self.stop {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// `gantry serve`: only the gRPC servers, for an Envoy or Istio gateway run by someone else.
+pub async fn serve(config: ConfigFile) -> anyhow::Result<()> {
+    let snapshot = Snapshot::compile(&config, &|name| std::env::var(name).ok());
+    for (provider, env) in snapshot.unavailable_providers() {
+        tracing::warn!(
+            "provider '{provider}' is unavailable: {env} is not set (its models answer 503)"
+        );
+    }
+    let has_auth = snapshot.auth.is_some();
+    let mut services = Services::start(&config, snapshot).await?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    println!(
+        "gantry: serving ext_proc on {}{} (Ctrl-C stops)",
+        config.ext_proc_addr(),
+        if has_auth {
+            format!(" and ext_authz on {}", config.auth_addr())
+        } else {
+            String::new()
+        }
+    );
+    let outcome = tokio::select! {
+        e = services.failed() => Err(e),
+        _ = sigint.recv() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
+    };
+    services.stop().await;
     outcome
 }
 
@@ -108,6 +211,7 @@ async fn supervise(
     listen: SocketAddr,
     admin: SocketAddr,
     models: &[String],
+    scheme: &str,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -117,7 +221,7 @@ async fn supervise(
         _ = sigterm.recv() => return Ok(()),
     }
     println!(
-        "gantry: ready at http://{listen} (models: {}; Envoy admin at http://{admin}; Ctrl-C stops)",
+        "gantry: ready at {scheme}://{listen} (models: {}; Envoy admin at http://{admin}; Ctrl-C stops)",
         if models.is_empty() { "none".to_string() } else { models.join(", ") }
     );
     tokio::select! {

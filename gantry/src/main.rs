@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gantry::{envoy_binary, envoy_bootstrap, local_stack, QUICKSTART_CONFIG, QUICKSTART_SOURCE};
+use gantry_policy::auth::api_keys::{generate_key, KeyHash};
 use gantry_policy::ConfigFile;
 
 /// Gantry: an AI gateway that lives inside Envoy.
@@ -28,6 +29,17 @@ enum Commands {
         #[arg(long, default_value = "warn")]
         envoy_log_level: String,
     },
+    /// Run only Gantry's gRPC servers (ext_proc, and ext_authz when the config has `auth`),
+    /// for an Envoy or Istio gateway you run yourself.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// API keys for the `auth.api_keys` section.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Validate a config file; exit 1 with every problem named.
     Check {
         #[arg(long)]
@@ -49,6 +61,18 @@ enum Commands {
         #[arg(long, default_value = "mock")]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a fresh random key and the hash to put in the config.
+    New {
+        /// The key's name in the config snippet printed.
+        #[arg(long, default_value = "my-key")]
+        name: String,
+    },
+    /// Print the hash of an existing key, read from standard input.
+    Hash,
 }
 
 fn main() -> ExitCode {
@@ -76,8 +100,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Check { config } => {
             let parsed = load(&config)?;
+            let auth = match &parsed.auth {
+                Some(auth) => format!(
+                    ", auth: {} API keys, {} JWT issuers, {} rules",
+                    auth.api_keys.len(),
+                    auth.jwt.len(),
+                    auth.rules.len()
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} providers, {} models)",
+                "{}: OK ({} providers, {} models{auth})",
                 config.display(),
                 parsed.providers.len(),
                 parsed.models.len()
@@ -117,6 +150,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 envoy_log_level,
             }))
         }
+        Commands::Serve { config } => {
+            let parsed = load(&config)?;
+            runtime()?.block_on(local_stack::serve(parsed))
+        }
+        Commands::Key { command } => match command {
+            KeyCommand::New { name } => {
+                let key = generate_key().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let hash = KeyHash::of(&key);
+                println!("key:  {key}");
+                println!("hash: {hash}");
+                println!();
+                println!("# Give the key to its user; put only the hash in the config:");
+                println!("auth:\n  api_keys:\n    - name: {name}\n      hash: {hash}");
+                Ok(())
+            }
+            KeyCommand::Hash => {
+                let mut key = String::new();
+                std::io::stdin()
+                    .read_line(&mut key)
+                    .map_err(|e| anyhow::anyhow!("cannot read the key from standard input: {e}"))?;
+                let key = key.trim();
+                if key.is_empty() {
+                    anyhow::bail!("no key on standard input");
+                }
+                println!("{}", KeyHash::of(key));
+                Ok(())
+            }
+        },
         Commands::MockProvider { listen, name } => runtime()?.block_on(async move {
             let mock = gantry_mock_provider::MockProvider::start(
                 listen,

@@ -16,6 +16,9 @@ use serde_saphyr::Spanned;
 
 use crate::endpoint::ProviderEndpoint;
 
+mod auth;
+pub use auth::*;
+
 /// Where Envoy's admin interface listens unless the config says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Where the ext_proc gRPC server listens unless the config says otherwise.
@@ -45,6 +48,16 @@ pub struct ConfigFile {
     pub providers: Vec<ProviderSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// Identity and access: API keys, JWT issuers, CEL rules (the ext_authz server). Without
+    /// it, every request is let through.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    /// TLS on the listener, optionally requiring client certificates (mTLS).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// CORS for browser clients, answered by Envoy.
+    #[serde(default)]
+    pub cors: Option<CorsSection>,
 }
 
 /// How Envoy reaches Gantry's ext_proc server and what it does when that server is down.
@@ -243,6 +256,11 @@ impl ConfigFile {
                 );
             }
         }
+        if let Some(listen) = self.auth.as_ref().and_then(|a| a.listen.as_ref()) {
+            if let Ok(addr) = listen.value.parse::<SocketAddr>() {
+                claim_port(addr, "auth.listen", listen.referenced.line(), &mut issues);
+            }
+        }
         if self.ext_proc.message_timeout_ms == Some(0) {
             issues.push(ConfigIssue {
                 path: "ext_proc.message_timeout_ms".into(),
@@ -377,7 +395,23 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(auth) = &self.auth {
+            auth.validate(&model_names, &mut issues);
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&mut issues);
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate(&mut issues);
+        }
         issues
+    }
+
+    pub fn auth_addr(&self) -> SocketAddr {
+        parse_addr_or(
+            &self.auth.as_ref().and_then(|a| a.listen.clone()),
+            DEFAULT_AUTH_LISTEN,
+        )
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -12,6 +12,9 @@ use serde_json::value::RawValue;
 use crate::json_object::RawObject;
 use crate::snapshot::{Credential, ModelRoute, Snapshot};
 
+/// `LocalReply::details` of the `GET /v1/models` answer.
+pub const MODELS_LIST_DETAILS: &str = "gantry_models_list";
+
 /// The request header Envoy's provider routes match on.
 pub const ROUTING_HEADER: &str = "x-gantry-provider";
 
@@ -125,7 +128,7 @@ pub fn decide_on_head(
             "GET" | "HEAD" => HeadDecision::Reply(LocalReply::json(
                 200,
                 snapshot.models_list_body.clone(),
-                "gantry_models_list",
+                MODELS_LIST_DETAILS,
             )),
             _ => HeadDecision::Reply(method_not_allowed(method, path, "GET")),
         };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::AuthPolicy;
 use crate::config::{ConfigFile, ProviderKind};
 use crate::endpoint::ProviderEndpoint;
 
@@ -77,6 +78,8 @@ pub struct Snapshot {
     pub available_models: Vec<String>,
     /// The JSON body of `GET /v1/models`, rendered once.
     pub models_list_body: Bytes,
+    /// Identity and access, when the config has an `auth` section.
+    pub auth: Option<Arc<AuthPolicy>>,
 }
 
 impl Snapshot {
@@ -111,7 +114,7 @@ impl Snapshot {
             providers.push(provider);
         }
         let mut models = HashMap::with_capacity(config.models.len());
-        let mut listed = Vec::new();
+        let mut listed: Vec<serde_json::Value> = Vec::new();
         let mut available_models = Vec::new();
         for section in &config.models {
             let Some(provider) = by_name.get(&section.provider.value) else {
@@ -119,12 +122,7 @@ impl Snapshot {
             };
             if provider.is_available() {
                 available_models.push(section.name.value.clone());
-                listed.push(serde_json::json!({
-                    "id": section.name.value,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": provider.name,
-                }));
+                listed.push(model_entry(&section.name.value, &provider.name));
             }
             models.insert(
                 section.name.value.clone(),
@@ -136,17 +134,30 @@ impl Snapshot {
             );
         }
         available_models.sort_unstable();
-        let models_list_body =
-            serde_json::to_vec(&serde_json::json!({"object": "list", "data": listed}))
-                .map(Bytes::from)
-                .unwrap_or_default();
+        let models_list_body = list_body(&listed);
         Snapshot {
             providers,
             models,
             max_request_body_bytes: config.max_request_body_bytes(),
             available_models,
             models_list_body,
+            auth: config
+                .auth
+                .as_ref()
+                .map(|section| Arc::new(AuthPolicy::compile(section))),
         }
+    }
+
+    /// The `GET /v1/models` body for a caller limited to `allowed` model names.
+    pub fn models_list_body_for(&self, allowed: &[String]) -> Bytes {
+        let listed: Vec<serde_json::Value> = self
+            .available_models
+            .iter()
+            .filter(|m| allowed.contains(m))
+            .filter_map(|m| self.models.get(m))
+            .map(|route| model_entry(&route.alias, &route.provider.name))
+            .collect();
+        list_body(&listed)
     }
 
     pub fn model(&self, alias: &str) -> Option<&Arc<ModelRoute>> {
@@ -160,6 +171,16 @@ impl Snapshot {
             _ => None,
         })
     }
+}
+
+fn model_entry(id: &str, owner: &str) -> serde_json::Value {
+    serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": owner })
+}
+
+fn list_body(listed: &[serde_json::Value]) -> Bytes {
+    serde_json::to_vec(&serde_json::json!({"object": "list", "data": listed}))
+        .map(Bytes::from)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

