@@ -227,3 +227,94 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
+    use gantry_policy::auth::api_keys::KeyHash;
+    use gantry_policy::ConfigFile;
+
+    fn service() -> AuthzService {
+        let text = format!(
+            "listen: 127.0.0.1:10000\nauth:\n  api_keys: [{{ name: k1, hash: '{}', user: ann }}]\n",
+            KeyHash::of("secret-1")
+        );
+        let config = ConfigFile::parse(&text).unwrap();
+        let snapshot = Snapshot::compile(&config, &|_| None);
+        let jwks = Arc::new(JwksStore::new(snapshot.auth.as_ref().unwrap()).unwrap());
+        AuthzService::new(Arc::new(ArcSwap::from_pointee(snapshot)), jwks)
+    }
+
+    fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/v1/models".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn allow_overwrites_identity_headers_and_removes_credentials() {
+        let response = service()
+            .decide(&check_request(&[("x-api-key", "secret-1")]))
+            .await;
+        assert_eq!(response.status.unwrap().code, GRPC_OK);
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not an OK response");
+        };
+        let subject = ok
+            .headers
+            .iter()
+            .find(|h| h.header.as_ref().unwrap().key == "x-gantry-subject")
+            .expect("subject header");
+        assert_eq!(subject.header.as_ref().unwrap().value, "ann");
+        assert_eq!(
+            subject.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+        for removed in ["x-gantry-team", "authorization", "x-api-key"] {
+            assert!(
+                ok.headers_to_remove.iter().any(|h| h == removed),
+                "{removed}"
+            );
+        }
+        let metadata = response.dynamic_metadata.unwrap();
+        assert_eq!(
+            metadata.fields["subject"].kind,
+            Some(Kind::StringValue("ann".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn denial_carries_status_challenge_and_json_body() {
+        let response = service()
+            .decide(&check_request(&[("x-api-key", "wrong")]))
+            .await;
+        assert_eq!(response.status.unwrap().code, GRPC_UNAUTHENTICATED);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("not a denial");
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let keys: Vec<&str> = denied
+            .headers
+            .iter()
+            .map(|h| h.header.as_ref().unwrap().key.as_str())
+            .collect();
+        assert!(keys.contains(&"www-authenticate") && keys.contains(&"content-type"));
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+}
