@@ -1,0 +1,308 @@
+//! Reporting: the header, the per-scenario tables, the error banner and the JSON line.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use crate::decisions::DecisionResults;
+use crate::gateways::Gateway;
+use crate::load::{RequestBodies, Scenario};
+use crate::stats::{table_header, Delta, Summary, Unit};
+use crate::{Settings, ALIAS, CHAT_PATH, WARMUP};
+
+/// Width of the first column of the tables.
+const LABEL_WIDTH: usize = 24;
+
+/// One scenario: each gateway's medians across rounds.
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    pub summaries: Vec<(Gateway, Summary)>,
+}
+
+/// A difference between two gateways: its table label, its key in the JSON report (`None`:
+/// the flat `added_*`/`throughput_ratio` keys of gantry vs baseline), a note, and the values.
+struct Comparison {
+    label: &'static str,
+    key: Option<&'static str>,
+    note: &'static str,
+    delta: Delta,
+}
+
+impl ScenarioResult {
+    fn get(&self, gateway: Gateway) -> Option<&Summary> {
+        self.summaries
+            .iter()
+            .find(|(g, _)| *g == gateway)
+            .map(|(_, summary)| summary)
+    }
+
+    fn comparisons(&self) -> Vec<Comparison> {
+        let mut comparisons = Vec::new();
+        let baseline = self.get(Gateway::Baseline);
+        let gantry = self.get(Gateway::Gantry);
+        let gantry_auth = self.get(Gateway::GantryAuth);
+        if let (Some(gantry), Some(baseline)) = (gantry, baseline) {
+            comparisons.push(Comparison {
+                label: "gantry - baseline",
+                key: None,
+                note: "(latency gantry adds; req/s gantry/baseline)",
+                delta: Delta::between(gantry, baseline),
+            });
+        }
+        if let (Some(gantry_auth), Some(baseline)) = (gantry_auth, baseline) {
+            comparisons.push(Comparison {
+                label: "gantry+auth - baseline",
+                key: Some("gantry_auth_minus_baseline"),
+                note: "(gantry with authorization, against plain Envoy)",
+                delta: Delta::between(gantry_auth, baseline),
+            });
+        }
+        if let (Some(gantry_auth), Some(gantry)) = (gantry_auth, gantry) {
+            comparisons.push(Comparison {
+                label: "gantry+auth - gantry",
+                key: Some("gantry_auth_minus_gantry"),
+                note: "(the cost of ext_authz itself)",
+                delta: Delta::between(gantry_auth, gantry),
+            });
+        }
+        comparisons
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.summaries.iter().map(|(_, s)| s.errors).sum()
+    }
+
+    pub fn print(&self, settings: &Settings) {
+        println!(
+            "== {} ({}): medians of {} rounds x {} s at concurrency {} ==",
+            self.scenario.name(),
+            self.scenario.describe(),
+            settings.rounds,
+            settings.seconds.as_secs(),
+            settings.concurrency
+        );
+        println!("{}", table_header("gateway", LABEL_WIDTH, Unit::Requests));
+        for (gateway, summary) in &self.summaries {
+            println!("{}", summary.row(gateway.name(), LABEL_WIDTH));
+        }
+        for comparison in self.comparisons() {
+            println!(
+                "{}",
+                comparison
+                    .delta
+                    .row(comparison.label, LABEL_WIDTH, comparison.note)
+            );
+        }
+        println!();
+    }
+
+    fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        for (gateway, summary) in &self.summaries {
+            object.insert(gateway.key().into(), summary.to_json());
+        }
+        for comparison in self.comparisons() {
+            match comparison.key {
+                None => comparison
+                    .delta
+                    .insert_json(&mut object, "throughput_ratio"),
+                Some(key) => {
+                    object.insert(key.into(), comparison.delta.to_json("throughput_ratio"));
+                }
+            }
+        }
+        Value::Object(object)
+    }
+}
+
+/// Facts about the machine and Envoy, printed with the results.
+pub struct Machine {
+    nproc: usize,
+    cpu: String,
+    kernel: String,
+    load_average: String,
+    envoy_version: String,
+}
+
+impl Machine {
+    pub fn detect(envoy_bin: Option<&Path>) -> Machine {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, name)| name.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let load_average = read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let envoy_version = envoy_bin
+            .and_then(|envoy_bin| {
+                std::process::Command::new(envoy_bin)
+                    .arg("--version")
+                    .output()
+                    .ok()
+            })
+            .and_then(|out| {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.split_once("version:")
+                    .map(|(_, version)| version.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            load_average,
+            envoy_version,
+        }
+    }
+}
+
+/// The command line as typed, quoted for a POSIX shell where needed.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn print_header(
+    settings: &Settings,
+    command: &str,
+    machine: &Machine,
+    gantry_bin: &Path,
+    envoy_bin: Option<&Path>,
+    bodies: &RequestBodies,
+) {
+    println!(
+        "gantry-bench: the cost of Gantry's ext_proc and ext_authz, against plain Envoy in the \
+         same run"
+    );
+    println!("command:  {command}");
+    println!(
+        "machine:  nproc {}, {}, Linux {}, load average {} at start",
+        machine.nproc, machine.cpu, machine.kernel, machine.load_average
+    );
+    if let Some(envoy_bin) = envoy_bin {
+        println!(
+            "envoy:    {} ({}); default --concurrency, --log-level warn for every gateway",
+            envoy_bin.display(),
+            machine.envoy_version
+        );
+    }
+    println!("gantry:   {}", gantry_bin.display());
+    if cfg!(debug_assertions) || gantry_bin.components().any(|c| c.as_os_str() == "debug") {
+        println!(
+            "WARNING:  a debug build is being measured; build with \
+             `cargo build --release -p gantry -p gantry-bench`"
+        );
+    }
+    let mut measured: Vec<&str> = settings.scenarios.iter().map(|s| s.name()).collect();
+    if settings.decisions {
+        measured.push("decisions");
+    }
+    println!(
+        "load:     {} connections x 1 request (or Check call) in flight, {} s warm-up + {} s per \
+         round, {} rounds per gateway (or decision kind), alternating; measured: {}",
+        settings.concurrency,
+        WARMUP.as_secs(),
+        settings.seconds.as_secs(),
+        settings.rounds,
+        measured.join(", ")
+    );
+    if !settings.scenarios.is_empty() {
+        println!(
+            "request:  POST {CHAT_PATH}, model '{ALIAS}', {} bytes (chat, authz) / {} bytes \
+             (stream)",
+            bodies.chat.len(),
+            bodies.stream.len()
+        );
+    }
+    if settings.scenarios.contains(&Scenario::Authz) {
+        println!(
+            "authz:    baseline vs gantry vs gantry+auth (gantry run with an `auth` section: one \
+             API key, checked by ext_authz before ext_proc); every gateway gets the same request \
+             with `Authorization: Bearer <key>`"
+        );
+    }
+}
+
+/// The loud part of a run with failures.
+pub fn print_error_banner(
+    errors: u64,
+    results: &[ScenarioResult],
+    decisions: Option<&DecisionResults>,
+) {
+    let bar = "!".repeat(96);
+    println!("{bar}");
+    println!(
+        "!! {errors} REQUESTS OR DECISIONS FAILED: the numbers above are NOT a valid measurement."
+    );
+    for result in results {
+        for (gateway, summary) in &result.summaries {
+            if summary.errors > 0 {
+                println!(
+                    "!!   {} / {}: {} errors; first: {}",
+                    result.scenario.name(),
+                    gateway.name(),
+                    summary.errors,
+                    summary.first_error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    for (kind, errors, first) in decisions.map(DecisionResults::failures).unwrap_or_default() {
+        println!(
+            "!!   decisions / {kind}: {errors} errors; first: {}",
+            first.unwrap_or("?")
+        );
+    }
+    println!("{bar}");
+}
+
+pub fn report_json(
+    settings: &Settings,
+    command: &str,
+    machine: &Machine,
+    bodies: &RequestBodies,
+    results: &[ScenarioResult],
+    decisions: Option<&DecisionResults>,
+    errors: u64,
+) -> Value {
+    let scenarios: Map<String, Value> = results
+        .iter()
+        .map(|r| (r.scenario.name().to_owned(), r.to_json()))
+        .collect();
+    json!({
+        "bench": "gantry-bench",
+        "command": command,
+        "nproc": machine.nproc,
+        "cpu": machine.cpu,
+        "kernel": machine.kernel,
+        "load_average_at_start": machine.load_average,
+        "envoy_version": machine.envoy_version,
+        "concurrency": settings.concurrency,
+        "warmup_seconds": WARMUP.as_secs(),
+        "seconds_per_round": settings.seconds.as_secs(),
+        "rounds": settings.rounds,
+        "body_bytes": { "chat": bodies.chat.len(), "stream": bodies.stream.len() },
+        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
+        "scenarios": scenarios,
+        "decisions": decisions.map(DecisionResults::to_json),
+        "errors": errors,
+        "valid": errors == 0,
+    })
+}
