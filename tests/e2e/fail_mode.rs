@@ -9,22 +9,15 @@ use gantry_testkit::{EnvoyProcess, StackPorts};
 
 use crate::{assert_openai_error, gantry_bin, json_of, post, start_mock};
 
-async fn envoy_without_ext_proc(
-    failure_mode: &str,
-) -> (EnvoyProcess, MockProvider, StackPorts, tempfile::TempDir) {
-    let mock = start_mock("mock", None).await;
-    let ports = StackPorts::free();
+/// Writes `config_text` to a temp dir, renders its bootstrap with `gantry envoy-config`, and
+/// starts Envoy alone on it. Returns Envoy, the config path, and the dir that holds both.
+async fn envoy_on(
+    config_text: String,
+    ports: StackPorts,
+) -> (EnvoyProcess, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gantry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}  failure_mode: {failure_mode}\nproviders:\n  - {{ name: local, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: fast, provider: local, model: mock-small }}\n",
-            ports.config_head(),
-            mock.base_url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let bootstrap = dir.path().join("envoy.yaml");
     let rendered = Command::new(gantry_bin())
         .args(["envoy-config", "--config"])
@@ -42,6 +35,20 @@ async fn envoy_without_ext_proc(
     let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, admin))
         .await
         .unwrap();
+    (envoy, config, dir)
+}
+
+async fn envoy_without_ext_proc(
+    failure_mode: &str,
+) -> (EnvoyProcess, MockProvider, StackPorts, tempfile::TempDir) {
+    let mock = start_mock("mock", None).await;
+    let ports = StackPorts::free();
+    let text = format!(
+        "{}  failure_mode: {failure_mode}\nproviders:\n  - {{ name: local, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: fast, provider: local, model: mock-small }}\n",
+        ports.config_head(),
+        mock.base_url()
+    );
+    let (envoy, _config, dir) = envoy_on(text, ports).await;
     (envoy, mock, ports, dir)
 }
 
@@ -88,27 +95,14 @@ async fn unreachable_ext_authz_fails_closed_with_an_openai_error() {
     let mock = start_mock("mock", None).await;
     let ports = StackPorts::free();
     let authz_port = gantry_testkit::free_ports(1)[0];
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gantry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}providers:\n  - {{ name: local, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: fast, provider: local, model: mock-small }}\nauth:\n  listen: 127.0.0.1:{authz_port}\n  api_keys: [{{ name: k, hash: 'sha256:{}' }}]\n",
-            ports.config_head(),
-            mock.base_url(),
-            "cd".repeat(32)
-        ),
-    )
-    .unwrap();
-    let bootstrap = dir.path().join("envoy.yaml");
-    let rendered = Command::new(gantry_bin())
-        .args(["envoy-config", "--config"])
-        .arg(&config)
-        .arg("--output")
-        .arg(&bootstrap)
-        .output()
-        .unwrap();
-    assert!(rendered.status.success(), "{rendered:?}");
+    let text = format!(
+        "{}providers:\n  - {{ name: local, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: fast, provider: local, model: mock-small }}\nauth:\n  listen: 127.0.0.1:{authz_port}\n  api_keys: [{{ name: k, hash: 'sha256:{}' }}]\n",
+        ports.config_head(),
+        mock.base_url(),
+        "cd".repeat(32)
+    );
+    // Envoy starts before ext_proc; its readiness does not depend on the gRPC servers.
+    let (_envoy, config, dir) = envoy_on(text, ports).await;
     // ext_proc runs (from the same config without its auth section); ext_authz does not.
     let without_auth = dir.path().join("no-auth.yaml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -123,10 +117,6 @@ async fn unreachable_ext_authz_fails_closed_with_an_openai_error() {
         "gantry: serving ext_proc",
         std::time::Duration::from_secs(30),
     );
-    let admin = gantry_testkit::loopback(ports.admin);
-    let _envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, admin))
-        .await
-        .unwrap();
     let response = post(
         &format!("http://127.0.0.1:{}/v1/chat/completions", ports.listen),
         r#"{"model":"fast","messages":[]}"#,
