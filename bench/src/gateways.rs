@@ -1,14 +1,18 @@
-//! The gateways requests go through: plain Envoy (the baseline), `gantry run`, and `gantry run`
-//! with an `auth` section (ext_authz on the path); plus the helpers that start processes.
+//! The gateways requests go through: plain Envoy (the baseline), `gantry run`, `gantry run`
+//! with an `auth` section (ext_authz on the path), and `gantry run` with a `governance` section
+//! on the embedded store or on a Redis started here; plus the helpers that start processes.
 
 use std::any::Any;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use gantry_testkit::{free_ports, loopback, ChildProcess, EnvoyProcess, GantryStack, StackPorts};
+use gantry_testkit::{
+    free_ports, loopback, ChildProcess, EnvoyProcess, GantryStack, RedisServer, StackPorts,
+};
 
 use crate::auth::{self, Credentials};
+use crate::budgets::{self, Store};
 use crate::{ALIAS, CHAT_PATH, GANTRY_LOG_FILTER, UPSTREAM_MODEL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +20,10 @@ pub enum Gateway {
     Baseline,
     Gantry,
     GantryAuth,
+    /// Budgets and a rate limit on the embedded (SQLite) store.
+    GantryBudgetEmbedded,
+    /// The same on Redis.
+    GantryBudgetRedis,
 }
 
 impl Gateway {
@@ -24,6 +32,8 @@ impl Gateway {
             Gateway::Baseline => "baseline",
             Gateway::Gantry => "gantry",
             Gateway::GantryAuth => "gantry+auth",
+            Gateway::GantryBudgetEmbedded => "gantry+budget-embedded",
+            Gateway::GantryBudgetRedis => "gantry+budget-redis",
         }
     }
 
@@ -33,6 +43,8 @@ impl Gateway {
             Gateway::Baseline => "baseline",
             Gateway::Gantry => "gantry",
             Gateway::GantryAuth => "gantry_auth",
+            Gateway::GantryBudgetEmbedded => "gantry_budget_embedded",
+            Gateway::GantryBudgetRedis => "gantry_budget_redis",
         }
     }
 
@@ -40,30 +52,54 @@ impl Gateway {
     pub fn upstream_model(self) -> &'static str {
         match self {
             Gateway::Baseline => ALIAS,
-            Gateway::Gantry | Gateway::GantryAuth => UPSTREAM_MODEL,
+            Gateway::Gantry
+            | Gateway::GantryAuth
+            | Gateway::GantryBudgetEmbedded
+            | Gateway::GantryBudgetRedis => UPSTREAM_MODEL,
         }
+    }
+
+    /// Whether the gateway has a `governance` section (budgets and a rate limit).
+    pub fn governed(self) -> bool {
+        matches!(
+            self,
+            Gateway::GantryBudgetEmbedded | Gateway::GantryBudgetRedis
+        )
     }
 }
 
-/// The gateways, running side by side for the whole benchmark (`gantry+auth` only when a
-/// scenario needs it).
+/// The gateways, running side by side for the whole benchmark (`gantry+auth` and the budget
+/// gateways only when a scenario needs them).
 pub struct Gateways {
     baseline: BaselineEnvoy,
     gantry: GantryStack,
     gantry_auth: Option<GantryStack>,
+    budgets: Option<BudgetGateways>,
+}
+
+/// gantry+budget-embedded and gantry+budget-redis, and their stores.
+struct BudgetGateways {
+    // The gantry processes are declared first so that they stop before their stores go away.
+    embedded: GantryStack,
+    redis_gateway: GantryStack,
+    /// Holds the embedded store's SQLite file.
+    _store_dir: tempfile::TempDir,
+    redis: RedisServer,
 }
 
 impl Gateways {
-    /// Starts the baseline and gantry, and gantry+auth when `credentials` are given. Prints
-    /// where each runs and gantry's configs.
+    /// Starts the baseline and gantry, gantry+auth when `credentials` are given, and with
+    /// `budgets` a Redis server and the two budget gateways. Prints where each runs and
+    /// gantry's configs.
     pub async fn start(
         gantry_bin: &Path,
         upstream: SocketAddr,
         credentials: Option<&Credentials>,
+        budgets: bool,
     ) -> anyhow::Result<Gateways> {
         let baseline = BaselineEnvoy::start(upstream).await?;
         println!("baseline:    plain Envoy at {}", baseline.url);
-        let (gantry, config) = start_gantry(gantry_bin, upstream, None).await?;
+        let (gantry, config) = start_gantry(gantry_bin, upstream, Extra::Nothing).await?;
         println!(
             "gantry:      gantry run at {}, config:\n{}",
             gantry.url(CHAT_PATH),
@@ -71,7 +107,8 @@ impl Gateways {
         );
         let gantry_auth = match credentials {
             Some(credentials) => {
-                let (stack, config) = start_gantry(gantry_bin, upstream, Some(credentials)).await?;
+                let (stack, config) =
+                    start_gantry(gantry_bin, upstream, Extra::Auth(credentials)).await?;
                 println!(
                     "gantry+auth: gantry run at {} (ext_authz in the gantry process, called by \
                      Envoy before ext_proc), config:\n{}",
@@ -82,10 +119,16 @@ impl Gateways {
             }
             None => None,
         };
+        let budgets = if budgets {
+            Some(BudgetGateways::start(gantry_bin, upstream).await?)
+        } else {
+            None
+        };
         Ok(Gateways {
             baseline,
             gantry,
             gantry_auth,
+            budgets,
         })
     }
 
@@ -95,11 +138,19 @@ impl Gateways {
             .expect("the gantry+auth gateway runs whenever a scenario uses it")
     }
 
+    fn budgets(&self) -> &BudgetGateways {
+        self.budgets
+            .as_ref()
+            .expect("the budget gateways run whenever a scenario uses them")
+    }
+
     pub fn url(&self, gateway: Gateway) -> String {
         match gateway {
             Gateway::Baseline => self.baseline.url.clone(),
             Gateway::Gantry => self.gantry.url(CHAT_PATH),
             Gateway::GantryAuth => self.gantry_auth().url(CHAT_PATH),
+            Gateway::GantryBudgetEmbedded => self.budgets().embedded.url(CHAT_PATH),
+            Gateway::GantryBudgetRedis => self.budgets().redis_gateway.url(CHAT_PATH),
         }
     }
 
@@ -115,13 +166,99 @@ impl Gateways {
                     .expect("the gantry+auth gateway runs whenever a scenario uses it")
                     .process
             }
+            Gateway::GantryBudgetEmbedded => &mut self.budgets_mut().embedded.process,
+            Gateway::GantryBudgetRedis => &mut self.budgets_mut().redis_gateway.process,
         }
     }
 
-    /// Fails, with the gateway's last output, if its process has exited.
-    pub fn ensure_running(&mut self, gateway: Gateway) -> anyhow::Result<()> {
-        ensure_running(self.process(gateway), gateway.name())
+    fn budgets_mut(&mut self) -> &mut BudgetGateways {
+        self.budgets
+            .as_mut()
+            .expect("the budget gateways run whenever a scenario uses them")
     }
+
+    /// Fails, with the gateway's last output, if its process has exited; for
+    /// gantry+budget-redis, also if Redis no longer answers.
+    pub fn ensure_running(&mut self, gateway: Gateway) -> anyhow::Result<()> {
+        ensure_running(self.process(gateway), gateway.name())?;
+        if gateway == Gateway::GantryBudgetRedis {
+            let redis = &self.budgets().redis;
+            if !redis.ping() {
+                bail!(
+                    "redis-server stopped answering during the benchmark\n{}",
+                    redis.logs()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BudgetGateways {
+    /// Starts gantry with the budgets on a fresh SQLite file, then Redis and gantry with the
+    /// budgets on it. Prints where each runs and their configs.
+    async fn start(gantry_bin: &Path, upstream: SocketAddr) -> anyhow::Result<BudgetGateways> {
+        let store_dir = tempfile::Builder::new()
+            .prefix("gantry-bench-store")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let store_path = store_dir.path().join("gantry.db");
+        let (embedded, config) = start_gantry(
+            gantry_bin,
+            upstream,
+            Extra::Governance(Store::Embedded(&store_path)),
+        )
+        .await?;
+        println!(
+            "gantry+budget-embedded: gantry run at {} (budgets and a rate limit in a SQLite file \
+             owned by the gantry process), config:\n{}",
+            embedded.url(CHAT_PATH),
+            indent(&config)
+        );
+        let redis = blocking("start redis-server", RedisServer::start).await?;
+        println!(
+            "redis:       {} at {} (no persistence)",
+            redis_version(),
+            redis.url()
+        );
+        let (redis_gateway, config) = start_gantry(
+            gantry_bin,
+            upstream,
+            Extra::Governance(Store::Redis(&redis.url())),
+        )
+        .await?;
+        println!(
+            "gantry+budget-redis: gantry run at {} (the same budgets and rate limit in Redis), \
+             config:\n{}",
+            redis_gateway.url(CHAT_PATH),
+            indent(&config)
+        );
+        Ok(BudgetGateways {
+            embedded,
+            redis_gateway,
+            _store_dir: store_dir,
+            redis,
+        })
+    }
+}
+
+/// The testkit's `redis-server`, with its version, e.g. `/…/redis-server (v=7.0.15)`.
+fn redis_version() -> String {
+    let Ok(path) = gantry_testkit::redis_server::find_redis_server() else {
+        return "redis-server".to_owned();
+    };
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find(|word| word.starts_with("v="))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "version unknown".to_owned());
+    format!("{} ({version})", path.display())
 }
 
 /// Fails, with the process's last output, if it has exited.
@@ -230,12 +367,22 @@ pub fn gantry_config(ports: &StackPorts, upstream: SocketAddr, extra: &str) -> S
     )
 }
 
-/// `gantry run` in front of the mock, with the `bench` alias and, given `credentials`, an `auth`
-/// section that accepts their API key. Returns the stack and its config.
+/// What a gantry gateway's config has besides the `bench` alias.
+#[derive(Clone, Copy)]
+enum Extra<'a> {
+    Nothing,
+    /// An `auth` section that accepts the credentials' API key.
+    Auth(&'a Credentials),
+    /// The budgets and rate limit of [`budgets::governance_section`] on this store.
+    Governance(Store<'a>),
+}
+
+/// `gantry run` in front of the mock, with the `bench` alias and `extra`. Returns the stack
+/// and its config.
 async fn start_gantry(
     gantry_bin: &Path,
     upstream: SocketAddr,
-    credentials: Option<&Credentials>,
+    extra: Extra<'_>,
 ) -> anyhow::Result<(GantryStack, String)> {
     // One call, so that the four ports are distinct.
     let free = free_ports(4);
@@ -244,8 +391,9 @@ async fn start_gantry(
         admin: free[1],
         ext_proc: free[2],
     };
-    let auth = match credentials {
-        Some(credentials) => auth::auth_section(
+    let extra = match extra {
+        Extra::Nothing => String::new(),
+        Extra::Auth(credentials) => auth::auth_section(
             loopback(free[3]),
             credentials,
             auth::Extras {
@@ -253,9 +401,9 @@ async fn start_gantry(
                 rules: false,
             },
         ),
-        None => String::new(),
+        Extra::Governance(store) => budgets::governance_section(store),
     };
-    let yaml = gantry_config(&ports, upstream, &auth);
+    let yaml = gantry_config(&ports, upstream, &extra);
     let gantry_bin = gantry_bin.to_path_buf();
     let config = yaml.clone();
     let stack = blocking("start `gantry run`", move || {

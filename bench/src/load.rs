@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use gantry_mock_provider::{controls, MockProvider};
+use reqwest::header::HeaderMap;
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::auth::KEY_NAME;
+use crate::budgets;
 use crate::gateways::Gateway;
 use crate::stats::{RoundStats, Tally};
 use crate::{Settings, ALIAS, BODY_BYTES, REQUEST_TIMEOUT, WARMUP};
@@ -20,6 +22,8 @@ pub enum Scenario {
     Stream,
     /// The chat request with an API key, through baseline, gantry and gantry+auth.
     Authz,
+    /// The chat request through baseline, gantry and the two budget gateways.
+    Budgets,
 }
 
 impl Scenario {
@@ -28,6 +32,7 @@ impl Scenario {
             Scenario::Chat => "chat",
             Scenario::Stream => "stream",
             Scenario::Authz => "authz",
+            Scenario::Budgets => "budgets",
         }
     }
 
@@ -39,6 +44,10 @@ impl Scenario {
                 "the chat request plus `Authorization: Bearer <API key>` to every gateway; \
                  only gantry+auth checks it (ext_authz)"
             }
+            Scenario::Budgets => {
+                "the chat request to every gateway; the budget gateways admit it against two \
+                 budgets and a rate limit in their store, and settle it when the reply ends"
+            }
         }
     }
 
@@ -47,6 +56,12 @@ impl Scenario {
         match self {
             Scenario::Chat | Scenario::Stream => &[Gateway::Baseline, Gateway::Gantry],
             Scenario::Authz => &[Gateway::Baseline, Gateway::Gantry, Gateway::GantryAuth],
+            Scenario::Budgets => &[
+                Gateway::Baseline,
+                Gateway::Gantry,
+                Gateway::GantryBudgetEmbedded,
+                Gateway::GantryBudgetRedis,
+            ],
         }
     }
 
@@ -155,13 +170,20 @@ fn build_request(client: &reqwest::Client, job: &Job) -> reqwest::RequestBuilder
 
 /// Sends the request and reads the whole reply; anything but a valid 200 reply is an error.
 async fn send(client: &reqwest::Client, job: &Job) -> Result<(), String> {
-    let response = build_request(client, job).send().await.map_err(describe)?;
+    exchange(client, job).await.map(drop)
+}
+
+/// [`send`], returning the reply's headers.
+async fn exchange(client: &reqwest::Client, job: &Job) -> Result<HeaderMap, String> {
+    let mut response = build_request(client, job).send().await.map_err(describe)?;
     let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
     let body = response.bytes().await.map_err(describe)?;
     if status != reqwest::StatusCode::OK {
         return Err(format!("HTTP {status}: {}", excerpt(&body)));
     }
-    check_reply(job.scenario, &body)
+    check_reply(job.scenario, &body)?;
+    Ok(headers)
 }
 
 fn describe(error: reqwest::Error) -> String {
@@ -201,14 +223,22 @@ pub fn excerpt(body: &[u8]) -> String {
 
 /// One request through `gateway`, checking the reply and what the mock received. Through
 /// gantry+auth, also checks that the principal reached the mock and the key did not, and that
-/// the same request without the key is refused with 401 before reaching the mock.
+/// the same request without the key is refused with 401 before reaching the mock. Through a
+/// budget gateway, checks that the reply shows the request admitted and charged by the budgets
+/// and the rate limit; through any other, that it carries no budget headers.
 pub async fn probe(mock: &MockProvider, gateway: Gateway, job: &Job) -> anyhow::Result<()> {
     let name = job.scenario.name();
     mock.clear_recorded();
     let client = http_client()?;
-    send(&client, job)
+    let headers = exchange(&client, job)
         .await
         .map_err(|error| anyhow!("{name} probe failed: {error}"))?;
+    let governance = if gateway.governed() {
+        budgets::check_admitted(&headers)
+    } else {
+        budgets::check_not_governed(&headers)
+    };
+    governance.map_err(|error| anyhow!("{name} probe: {error}"))?;
     let recorded = mock.recorded();
     let [request] = recorded.as_slice() else {
         bail!(

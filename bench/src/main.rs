@@ -1,6 +1,6 @@
-//! `gantry-bench`: the latency and throughput that Gantry's ext_proc and ext_authz add to Envoy,
-//! measured against plain Envoy in the same run, and the raw decision rate of the ext_authz
-//! server.
+//! `gantry-bench`: the latency and throughput that Gantry's ext_proc, ext_authz and budget
+//! checks add to Envoy, measured against plain Envoy in the same run, and the raw decision rate
+//! of the ext_authz server.
 //!
 //! Usage (scripts/setup.sh must have installed Envoy; `ENVOY_BIN` overrides its path):
 //!
@@ -17,7 +17,17 @@
 //! - **gantry**: `gantry run --config <yaml> --envoy <envoy>` (the release binary, run as users
 //!   run it), with the model alias `bench` → provider `mock`, upstream model `mock-small`;
 //! - **gantry+auth** (scenario `authz` only): the same plus an `auth` section with one API key,
-//!   so Envoy asks Gantry's ext_authz server (in the gantry process) before ext_proc.
+//!   so Envoy asks Gantry's ext_authz server (in the gantry process) before ext_proc;
+//! - **gantry+budget-embedded** (scenario `budgets` only): gantry plus a `governance` section
+//!   whose store is the embedded SQLite file (in a temporary directory), with a price for
+//!   `bench`, a dollar budget scoped `"global"`, a token budget scoped `"model:" + llm.model`
+//!   and a requests-per-minute rate limit, all far too large to refuse anything: every request
+//!   is admitted against three counters (reserving its estimate) and settled when its reply
+//!   ends, and leaves a spend log record (failure modes, store timeout and spend log at their
+//!   defaults);
+//! - **gantry+budget-redis** (scenario `budgets` only): the same `governance` section with
+//!   `store: { kind: redis }` on a `redis-server` this program starts (the testkit's
+//!   `RedisServer`: Debian's, installed into `.local/` by scripts/setup.sh; no persistence).
 //!
 //! Every Envoy gets the same flags apart from the bootstrap (Envoy's default `--concurrency`,
 //! `--log-level warn`); Gantry's bootstrap keeps its JSON access log, which is part of what the
@@ -30,7 +40,17 @@
 //! delay) compare baseline and gantry; `authz` sends the chat request with
 //! `Authorization: Bearer <API key>` to baseline, gantry and gantry+auth, so that gantry+auth
 //! minus gantry is the cost of authorization itself (probes first check that gantry+auth admits
-//! the key, passes the principal upstream, and answers 401 without it).
+//! the key, passes the principal upstream, and answers 401 without it); `budgets` sends the chat
+//! request to baseline, gantry, gantry+budget-embedded and gantry+budget-redis, so that each
+//! budget gateway minus gantry is the cost of budget checks on that store (probes first check
+//! that every budget gateway's reply carries `x-gantry-budget` and `x-ratelimit-limit-requests`
+//! with the configured limits and less than that left, i.e. the request was charged, and that
+//! gantry's carries neither).
+//!
+//! `--scenario all` (the default) is chat, stream, authz and decisions, as before `budgets`
+//! existed: `budgets` is measured only with `--scenario budgets`. It would add four gateways'
+//! rounds (about 70 s at the defaults, on top of some 3 minutes) and make the default run need
+//! `redis-server`, for a feature that is off unless configured.
 //!
 //! `decisions` (part of `--scenario authz` and `all`, or alone with `--scenario decisions`)
 //! drives the ext_authz gRPC server directly, without Envoy: `gantry serve` runs as a separate
@@ -44,13 +64,16 @@
 //!
 //! The machine is shared and noisy, so only relative numbers mean much: per scenario, the
 //! medians across rounds of p50/p99/mean latency and req/s for each gateway, the latency added
-//! (gantry − baseline; for `authz` also gantry+auth − baseline and gantry+auth − gantry) and the
+//! (gantry − baseline; for `authz` also gantry+auth − baseline and gantry+auth − gantry; for
+//! `budgets` also gantry+budget-embedded − gantry and gantry+budget-redis − gantry) and the
 //! matching throughput ratios. A readable table is followed by one JSON line with every number
-//! (`scenarios.authz.gantry_auth_minus_gantry`, `decisions.kinds.<kind>.decisions_per_s`, ...).
+//! (`scenarios.authz.gantry_auth_minus_gantry`, `scenarios.budgets.budget_redis_minus_gantry`,
+//! `decisions.kinds.<kind>.decisions_per_s`, ...).
 //! Any failed request, and any decision that is not an allow, is reported loudly and makes the
 //! exit status 1.
 
 mod auth;
+mod budgets;
 mod decisions;
 mod gateways;
 mod load;
@@ -89,6 +112,8 @@ const BODY_BYTES: usize = 1024;
 /// `gantry`'s own default log filter. The testkit turns on ext_proc debug logs for tests; the
 /// benchmark runs gantry the way users do.
 const GANTRY_LOG_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn";
+/// The least width of the gateway's name in the round lines (longer names widen them).
+const ROUND_NAME_WIDTH: usize = 11;
 
 const USAGE: &str = "\
 Usage (scripts/setup.sh must have installed Envoy; ENVOY_BIN overrides its path):
@@ -96,14 +121,16 @@ Usage (scripts/setup.sh must have installed Envoy; ENVOY_BIN overrides its path)
 
 Sends the same OpenAI chat request through plain Envoy (baseline) and through `gantry run`
 (Envoy + Gantry's ext_proc) to an in-process mock provider, in alternating rounds; scenario
-`authz` adds `gantry run` with an API key checked by ext_authz. Prints per scenario the
-medians across rounds, the latency each gateway adds and the throughput ratios. `decisions`
-(in `authz` and `all`) sends ext_authz Check calls straight to `gantry serve` and prints
-decisions/s and the latency per decision for an API key, a JWT and CEL rules. Ends with one
-JSON line with every number. Exits 1 if any request failed or any decision was not an allow.";
+`authz` adds `gantry run` with an API key checked by ext_authz; scenario `budgets` (not in
+`all`) adds `gantry run` with budgets and a rate limit on the embedded store and on a Redis
+started here (scripts/setup.sh installs redis-server). Prints per scenario the medians across
+rounds, the latency each gateway adds and the throughput ratios. `decisions` (in `authz` and
+`all`) sends ext_authz Check calls straight to `gantry serve` and prints decisions/s and the
+latency per decision for an API key, a JWT and CEL rules. Ends with one JSON line with every
+number. Exits 1 if any request failed or any decision was not an allow.";
 
-/// Measures what Gantry's ext_proc and ext_authz add to Envoy, against plain Envoy in the
-/// same run.
+/// Measures what Gantry's ext_proc, ext_authz and budget checks add to Envoy, against plain
+/// Envoy in the same run.
 #[derive(Parser, Debug)]
 #[command(name = "gantry-bench", after_help = USAGE)]
 struct Args {
@@ -135,7 +162,10 @@ enum ScenarioChoice {
     Authz,
     /// Only the raw ext_authz decision rate (no Envoy).
     Decisions,
-    /// chat, stream, authz and the decision rate.
+    /// The chat completion: baseline vs gantry vs gantry with budgets on the embedded store
+    /// vs on Redis (not part of `all`).
+    Budgets,
+    /// chat, stream, authz and the decision rate (not budgets).
     All,
 }
 
@@ -147,6 +177,7 @@ impl ScenarioChoice {
             ScenarioChoice::Stream => vec![Scenario::Stream],
             ScenarioChoice::Authz => vec![Scenario::Authz],
             ScenarioChoice::Decisions => Vec::new(),
+            ScenarioChoice::Budgets => vec![Scenario::Budgets],
             ScenarioChoice::All => vec![Scenario::Chat, Scenario::Stream, Scenario::Authz],
         }
     }
@@ -271,13 +302,14 @@ async fn bench(
         None
     };
     let authz_scenario = settings.scenarios.contains(&Scenario::Authz);
+    let budgets_scenario = settings.scenarios.contains(&Scenario::Budgets);
     // Everything starts and is probed before anything is measured, so that a broken setup
     // fails in seconds.
     let mut gateways = if settings.scenarios.is_empty() {
         None
     } else {
         let credentials = credentials.as_ref().filter(|_| authz_scenario);
-        Some(Gateways::start(gantry_bin, mock.addr(), credentials).await?)
+        Some(Gateways::start(gantry_bin, mock.addr(), credentials, budgets_scenario).await?)
     };
     let mut servers = match (&credentials, settings.decisions) {
         (Some(credentials), true) => {
@@ -301,10 +333,17 @@ async fn bench(
         }
         println!(
             "probes: every reply is valid; the mock received model '{ALIAS}' from the baseline and \
-             '{UPSTREAM_MODEL}' from gantry (alias rewritten by ext_proc){}",
+             '{UPSTREAM_MODEL}' from gantry (alias rewritten by ext_proc){}{}",
             if authz_scenario {
                 "; gantry+auth passed the key's principal upstream, not the key, and answered 401 \
                  without it"
+            } else {
+                ""
+            },
+            if budgets_scenario {
+                "; gantry+budget-embedded and gantry+budget-redis admitted and charged the \
+                 request (x-gantry-budget and x-ratelimit-*-requests headers with the configured \
+                 limits and less left), the other gateways sent no budget headers"
             } else {
                 ""
             }
@@ -324,13 +363,18 @@ async fn bench(
         for &scenario in &settings.scenarios {
             println!("{}: {}", scenario.name(), scenario.describe());
             let mut rounds: Vec<Vec<_>> = scenario.gateways().iter().map(|_| Vec::new()).collect();
+            let name_width = scenario
+                .gateways()
+                .iter()
+                .map(|gateway| gateway.name().len())
+                .fold(ROUND_NAME_WIDTH, usize::max);
             for round in 1..=settings.rounds {
                 for (slot, &gateway) in scenario.gateways().iter().enumerate() {
                     let job = job(scenario, gateways, gateway, &bodies, credentials.as_ref());
                     let stats = run_round(Arc::new(job), settings).await?;
                     mock.clear_recorded();
                     println!(
-                        "  round {round}/{} {:<11} {}",
+                        "  round {round}/{} {:<name_width$} {}",
                         settings.rounds,
                         gateway.name(),
                         stats.line(Unit::Requests)
@@ -403,7 +447,7 @@ fn job(
 ) -> Job {
     let authorization = match scenario {
         Scenario::Authz => credentials.map(Credentials::api_key_bearer),
-        Scenario::Chat | Scenario::Stream => None,
+        Scenario::Chat | Scenario::Stream | Scenario::Budgets => None,
     };
     Job::new(
         scenario,

@@ -65,6 +65,22 @@ impl ScenarioResult {
                 delta: Delta::between(gantry_auth, gantry),
             });
         }
+        if let (Some(embedded), Some(gantry)) = (self.get(Gateway::GantryBudgetEmbedded), gantry) {
+            comparisons.push(Comparison {
+                label: "budget-embedded - gantry",
+                key: Some("budget_embedded_minus_gantry"),
+                note: "(the cost of budget checks on the embedded store)",
+                delta: Delta::between(embedded, gantry),
+            });
+        }
+        if let (Some(redis), Some(gantry)) = (self.get(Gateway::GantryBudgetRedis), gantry) {
+            comparisons.push(Comparison {
+                label: "budget-redis - gantry",
+                key: Some("budget_redis_minus_gantry"),
+                note: "(the cost of budget checks on Redis)",
+                delta: Delta::between(redis, gantry),
+            });
+        }
         comparisons
     }
 
@@ -188,8 +204,8 @@ pub fn print_header(
     bodies: &RequestBodies,
 ) {
     println!(
-        "gantry-bench: the cost of Gantry's ext_proc and ext_authz, against plain Envoy in the \
-         same run"
+        "gantry-bench: the cost of Gantry's ext_proc, ext_authz and budget checks, against plain \
+         Envoy in the same run"
     );
     println!("command:  {command}");
     println!(
@@ -225,8 +241,8 @@ pub fn print_header(
     );
     if !settings.scenarios.is_empty() {
         println!(
-            "request:  POST {CHAT_PATH}, model '{ALIAS}', {} bytes (chat, authz) / {} bytes \
-             (stream)",
+            "request:  POST {CHAT_PATH}, model '{ALIAS}', {} bytes (chat, authz, budgets) / {} \
+             bytes (stream)",
             bodies.chat.len(),
             bodies.stream.len()
         );
@@ -236,6 +252,14 @@ pub fn print_header(
             "authz:    baseline vs gantry vs gantry+auth (gantry run with an `auth` section: one \
              API key, checked by ext_authz before ext_proc); every gateway gets the same request \
              with `Authorization: Bearer <key>`"
+        );
+    }
+    if settings.scenarios.contains(&Scenario::Budgets) {
+        println!(
+            "budgets:  baseline vs gantry vs gantry+budget-embedded vs gantry+budget-redis \
+             (gantry run with a `governance` section: a dollar and a token budget and a rate \
+             limit, all too large to refuse, on a SQLite file or on Redis); each request is \
+             admitted against 3 counters, settled at the end of its reply, and logged"
         );
     }
 }
@@ -299,7 +323,7 @@ pub fn report_json(
         "seconds_per_round": settings.seconds.as_secs(),
         "rounds": settings.rounds,
         "body_bytes": { "chat": bodies.chat.len(), "stream": bodies.stream.len() },
-        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
+        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
         "scenarios": scenarios,
         "decisions": decisions.map(DecisionResults::to_json),
         "errors": errors,

@@ -4,6 +4,7 @@
 //! Holds only that request's state. All decisions come from the policy core; this module only
 //! translates them into Envoy's header and body mutations.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -19,12 +20,18 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use gantry_policy::governance::ledger::{Nanos, SpendOutcome, NANOS_PER_USD};
+use gantry_policy::governance::metering::format_usd;
+use gantry_policy::governance::prices::TokenCounts;
+use gantry_policy::governance::{Caller, GovernancePolicy, Judgement, Metering, ScopeFacts};
 use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
     decide_on_head, plan_forward, ChunkOutput, ForwardPlan, HeadDecision, LlmApi, LocalReply,
     Snapshot, StreamAccountant, Usage,
 };
+
+use crate::governance::GovernanceRuntime;
 
 /// The dynamic metadata namespace Gantry writes (Envoy must list it in `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "gantry";
@@ -35,6 +42,8 @@ pub const COMPLETION_TOKENS_HEADER: &str = "x-gantry-completion-tokens";
 pub const TOTAL_TOKENS_HEADER: &str = "x-gantry-total-tokens";
 pub const MODEL_HEADER: &str = "x-gantry-model";
 pub const UPSTREAM_MODEL_HEADER: &str = "x-gantry-upstream-model";
+/// What a non-streamed reply cost, in USD (when the model has a price).
+pub const COST_HEADER: &str = "x-gantry-cost-usd";
 
 enum Phase {
     /// No LLM request in flight (not started, answered locally, or a local reply passing by).
@@ -48,6 +57,10 @@ enum Phase {
 struct Exchange {
     plan: ForwardPlan,
     response: ResponseBody,
+    /// The metering of this request, until it is settled.
+    metered: Option<MeteredRequest>,
+    /// The provider's status, once the response headers arrived.
+    status: Option<u16>,
 }
 
 enum ResponseBody {
@@ -59,75 +72,202 @@ enum ResponseBody {
     Streamed(StreamAccountant),
 }
 
+/// A request under a governance policy, from admission to its one settlement.
+struct MeteredRequest {
+    metering: Metering,
+    governance: Arc<GovernanceRuntime>,
+    policy: Arc<GovernancePolicy>,
+    /// The store holds a reservation for it (false when no budget or rate limit applies, or
+    /// when the store was down and the failure mode let the request through).
+    reserved: bool,
+    request_id: String,
+    stream: bool,
+}
+
+impl MeteredRequest {
+    /// Settles the reservation (if any) with `billed` tokens (`None`: released) and logs the
+    /// request. Consumes the metering: a request is settled once.
+    fn finish(self, billed: Option<TokenCounts>, status: u16, outcome: SpendOutcome) {
+        let now = now_ms();
+        let settlement = self
+            .reserved
+            .then(|| self.metering.settlement(billed.as_ref(), now));
+        let record = self.policy.spend_log.then(|| {
+            self.metering.spend_record(
+                &self.request_id,
+                &billed.unwrap_or_default(),
+                status,
+                outcome,
+                self.stream,
+                now,
+            )
+        });
+        tracing::debug!(
+            reservation = %self.metering.reservation.0,
+            outcome = outcome.as_str(),
+            status,
+            billed = ?billed,
+            "request settled"
+        );
+        self.governance.finish(settlement, record);
+    }
+
+    /// What the request is billed when the provider's usage is not known: the estimate (its
+    /// input, and its output bound, or what was seen of the output).
+    fn estimated(&self, observed_output: Option<u64>) -> TokenCounts {
+        TokenCounts {
+            input: self.metering.estimate.input_tokens,
+            cached_input: 0,
+            output: observed_output.unwrap_or(self.metering.estimate.output_tokens),
+        }
+    }
+}
+
+fn billed(usage: Usage) -> TokenCounts {
+    TokenCounts {
+        input: usage.prompt_tokens,
+        cached_input: usage.cached_tokens,
+        output: usage.completion_tokens,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Bodies above this size are estimated (tokenized) on a blocking thread, off the runtime.
+const BLOCKING_ESTIMATE_BYTES: usize = 64 * 1024;
+
 /// The dynamic metadata namespace of Envoy's ext_authz filter, where Gantry's ext_authz server
 /// leaves the admitted principal (Envoy forwards it with `forwarding_namespaces`).
 pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
-/// The caller ext_authz admitted, as far as ext_proc needs to know.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub subject: Option<String>,
-    pub team: Option<String>,
-    /// The API key's model allow-list, when it has one.
-    pub allowed_models: Option<Vec<String>>,
+/// The caller ext_authz admitted, read from its dynamic metadata.
+fn caller_from_metadata(metadata: Option<&Metadata>) -> Caller {
+    let Some(fields) = metadata
+        .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
+        .map(|s| &s.fields)
+    else {
+        return Caller::default();
+    };
+    let text = |key: &str| match fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let allowed_models = match fields.get("allowed_models").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(list)) => Some(
+            list.values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let labels = match fields.get("labels").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(labels)) => labels
+            .fields
+            .iter()
+            .filter_map(|(k, v)| match &v.kind {
+                Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect(),
+        _ => Default::default(),
+    };
+    let claims = match fields.get("claims").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(claims)) => Some(
+            claims
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), protobuf_to_json(v)))
+                .collect(),
+        ),
+        _ => None,
+    };
+    Caller {
+        method: text("auth_method"),
+        subject: text("subject"),
+        user: text("user"),
+        team: text("team"),
+        key: text("key"),
+        issuer: text("issuer"),
+        labels,
+        claims,
+        allowed_models,
+    }
 }
 
-impl Caller {
-    fn from_metadata(metadata: Option<&Metadata>) -> Caller {
-        let Some(fields) = metadata
-            .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
-            .map(|s| &s.fields)
-        else {
-            return Caller::default();
-        };
-        let text = |key: &str| match fields.get(key).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let allowed_models = match fields.get("allowed_models").and_then(|v| v.kind.as_ref()) {
-            Some(Kind::ListValue(list)) => Some(
-                list.values
-                    .iter()
-                    .filter_map(|v| match &v.kind {
-                        Some(Kind::StringValue(s)) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        };
-        Caller {
-            subject: text("subject"),
-            team: text("team"),
-            allowed_models,
+fn protobuf_to_json(value: &Value) -> serde_json::Value {
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or(serde_json::Value::Null)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), protobuf_to_json(v)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(protobuf_to_json).collect())
         }
     }
+}
+
+/// What the request head told us that later steps need.
+#[derive(Default)]
+struct RequestHead {
+    method: String,
+    path: String,
+    /// Envoy's `x-request-id`.
+    request_id: String,
+    /// All headers, kept only when a governance scope reads `request.headers`.
+    headers: Vec<(String, String)>,
 }
 
 /// The state of one ext_proc stream (one HTTP request).
 pub struct HttpStream {
     snapshot: Arc<Snapshot>,
+    governance: Option<Arc<GovernanceRuntime>>,
     phase: Phase,
     caller: Caller,
+    head: RequestHead,
 }
 
 impl HttpStream {
-    pub fn new(snapshot: Arc<Snapshot>) -> HttpStream {
+    pub fn new(snapshot: Arc<Snapshot>, governance: Option<Arc<GovernanceRuntime>>) -> HttpStream {
         HttpStream {
             snapshot,
+            governance,
             phase: Phase::Idle,
             caller: Caller::default(),
+            head: RequestHead::default(),
         }
     }
 
     /// Answers one message. Every message gets exactly one response.
-    pub fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
+    pub async fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
         match message.request {
             Some(Request::RequestHeaders(headers)) => {
-                self.caller = Caller::from_metadata(message.metadata_context.as_ref());
+                self.caller = caller_from_metadata(message.metadata_context.as_ref());
                 self.on_request_headers(&headers)
             }
-            Some(Request::RequestBody(body)) => self.on_request_body(&body),
+            Some(Request::RequestBody(body)) => self.on_request_body(&body).await,
             Some(Request::ResponseHeaders(headers)) => self.on_response_headers(&headers),
             Some(Request::ResponseBody(body)) => self.on_response_body(&body),
             Some(Request::RequestTrailers(_)) => {
@@ -163,13 +303,28 @@ impl HttpStream {
                 immediate(&reply)
             }
             HeadDecision::ReadBody(api) => {
+                let keep_headers = self
+                    .snapshot
+                    .governance
+                    .as_ref()
+                    .is_some_and(|g| g.uses_request());
+                self.head = RequestHead {
+                    method: method.to_string(),
+                    path: path.split('?').next().unwrap_or("").to_string(),
+                    request_id: header(map, "x-request-id").unwrap_or("").to_string(),
+                    headers: if keep_headers {
+                        all_headers(map)
+                    } else {
+                        Vec::new()
+                    },
+                };
                 self.phase = Phase::AwaitingBody(api);
                 respond(Response::RequestHeaders(HeadersResponse::default()))
             }
         }
     }
 
-    fn on_request_body(&mut self, body: &HttpBody) -> ProcessingResponse {
+    async fn on_request_body(&mut self, body: &HttpBody) -> ProcessingResponse {
         let Phase::AwaitingBody(api) = self.phase else {
             return respond(Response::RequestBody(BodyResponse::default()));
         };
@@ -184,10 +339,10 @@ impl HttpStream {
                 "gantry needs whole request bodies (ext_proc request_body_mode: BUFFERED)",
             ));
         }
+        self.phase = Phase::Idle;
         let mut plan = match plan_forward(&self.snapshot, api, &body.body) {
             Ok(plan) => plan,
             Err(reply) => {
-                self.phase = Phase::Idle;
                 tracing::debug!(
                     status = reply.status,
                     details = reply.details,
@@ -195,6 +350,10 @@ impl HttpStream {
                 );
                 return immediate(&reply);
             }
+        };
+        let metered = match self.meter(&plan, &body.body).await {
+            Ok(metered) => metered,
+            Err(reply) => return immediate(&reply),
         };
         let upstream_body = std::mem::take(&mut plan.body);
         let route = &plan.route;
@@ -215,7 +374,7 @@ impl HttpStream {
             None => remove_headers.push("authorization".to_string()),
         }
         let caller = |value: &Option<String>| string_value(value.as_deref().unwrap_or(""));
-        let metadata = gantry_metadata([
+        let mut fields = vec![
             ("subject", caller(&self.caller.subject)),
             ("team", caller(&self.caller.team)),
             ("provider", string_value(&route.provider.name)),
@@ -227,7 +386,21 @@ impl HttpStream {
                     kind: Some(Kind::BoolValue(plan.stream)),
                 },
             ),
-        ]);
+        ];
+        if let Some(metered) = &metered {
+            let metering = &metered.metering;
+            fields.push((
+                "estimated_input_tokens",
+                number_value(metering.estimate.input_tokens),
+            ));
+            if !metering.audit_over.is_empty() {
+                fields.push((
+                    "budgets_over_audit",
+                    string_value(&metering.audit_over.join(",")),
+                ));
+            }
+        }
+        let metadata = gantry_metadata(fields);
         let common = CommonResponse {
             header_mutation: Some(HeaderMutation {
                 set_headers,
@@ -242,6 +415,8 @@ impl HttpStream {
         self.phase = Phase::Forwarded(Box::new(Exchange {
             plan,
             response: ResponseBody::Ignored,
+            metered,
+            status: None,
         }));
         ProcessingResponse {
             response: Some(Response::RequestBody(BodyResponse {
@@ -252,6 +427,116 @@ impl HttpStream {
         }
     }
 
+    /// Plans the metering of a request under the snapshot's governance policy and asks the
+    /// store to admit it. `Err` is the reply the client gets instead (429, 503, 400).
+    async fn meter(
+        &self,
+        plan: &ForwardPlan,
+        body: &[u8],
+    ) -> Result<Option<MeteredRequest>, LocalReply> {
+        let Some(policy) = self.snapshot.governance.clone() else {
+            return Ok(None);
+        };
+        let Some(governance) = self.governance.clone() else {
+            // A snapshot with governance served without a store: refuse rather than let
+            // requests go unmetered.
+            return Err(LocalReply::openai_error(
+                503,
+                "server_error",
+                "gantry_store_unavailable",
+                None,
+                "the gateway has budgets configured but no store to keep them; the request was not sent",
+            ));
+        };
+        let now = now_ms();
+        let route = plan.route.clone();
+        let api = plan.api;
+        let caller = self.caller.clone();
+        let head = (self.head.method.clone(), self.head.path.clone());
+        let headers = self.head.headers.clone();
+        let planned = if body.len() > BLOCKING_ESTIMATE_BYTES {
+            let policy = policy.clone();
+            let body = body.to_vec();
+            tokio::task::spawn_blocking(move || {
+                plan_metering(&policy, &caller, &route, &head, &headers, api, &body, now)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Box::new(LocalReply::openai_error(
+                    500,
+                    "server_error",
+                    "gantry_internal_error",
+                    None,
+                    format!("estimating the request failed: {e}"),
+                )))
+            })
+        } else {
+            plan_metering(&policy, &caller, &route, &head, &headers, api, body, now)
+        };
+        let mut metering = planned.map_err(|reply| *reply)?;
+        let request_id = self.head.request_id.clone();
+        let mut reserved = false;
+        if metering.needs_admission() {
+            match governance.admit(&metering.admission()).await {
+                Ok(outcome) => match metering.judge(&outcome) {
+                    Judgement::Admitted => reserved = true,
+                    Judgement::Refused(reply, outcome) => {
+                        let counter = match outcome {
+                            SpendOutcome::RateLimited => &governance.stats.rate_limit_refusals,
+                            _ => &governance.stats.budget_refusals,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            status = reply.status,
+                            outcome = outcome.as_str(),
+                            applied = ?metering.applied(),
+                            "request refused by governance"
+                        );
+                        if policy.spend_log {
+                            governance.log_spend(metering.spend_record(
+                                &request_id,
+                                &TokenCounts::default(),
+                                reply.status,
+                                outcome,
+                                plan.stream,
+                                now_ms(),
+                            ));
+                        }
+                        return Err(*reply);
+                    }
+                },
+                Err(error) => match metering.store_unavailable(&error.to_string()) {
+                    Some(reply) => {
+                        governance
+                            .stats
+                            .store_unavailable_refusals
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, store = governance.store().kind(), "store unreachable: request refused (failure mode closed)");
+                        return Err(reply);
+                    }
+                    None => {
+                        governance
+                            .stats
+                            .store_unavailable_passes
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, store = governance.store().kind(), "store unreachable: request passes unmetered (failure mode open)");
+                    }
+                },
+            }
+        }
+        if !metering.audit_over.is_empty() {
+            tracing::warn!(budgets = ?metering.audit_over, "request admitted over audit budgets");
+        }
+        Ok(Some(MeteredRequest {
+            metering,
+            governance,
+            policy,
+            reserved,
+            request_id,
+            stream: plan.stream,
+        }))
+    }
+
     fn on_response_headers(&mut self, headers: &HttpHeaders) -> ProcessingResponse {
         let Phase::Forwarded(exchange) = &mut self.phase else {
             return respond(Response::ResponseHeaders(HeadersResponse::default()));
@@ -260,13 +545,23 @@ impl HttpStream {
         let status: u16 = header(map, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        exchange.status = Some(status);
         let content_type = header(map, "content-type").unwrap_or("");
         let route = &exchange.plan.route;
-        let set_headers = vec![
+        let mut set_headers = vec![
             set_header(ROUTING_HEADER, &route.provider.name),
             set_header(MODEL_HEADER, &route.alias),
             set_header(UPSTREAM_MODEL_HEADER, &route.upstream_model),
         ];
+        if let Some(metered) = &exchange.metered {
+            set_headers.extend(
+                metered
+                    .metering
+                    .headers
+                    .iter()
+                    .map(|(name, value)| set_header(name, value)),
+            );
+        }
         let success = (200..300).contains(&status);
         let mode = if !success || headers.end_of_stream {
             None
@@ -280,6 +575,19 @@ impl HttpStream {
         } else {
             None
         };
+        if mode.is_none() {
+            // No body will be read: settle now.
+            if let Some(metered) = exchange.metered.take() {
+                if success {
+                    // Success without a readable usage: bill the estimate.
+                    let estimate = metered.estimated(None);
+                    metered.finish(Some(estimate), status, SpendOutcome::Ok);
+                } else {
+                    // Providers do not bill refused or failed requests.
+                    metered.finish(None, status, SpendOutcome::UpstreamError);
+                }
+            }
+        }
         ProcessingResponse {
             response: Some(Response::ResponseHeaders(HeadersResponse {
                 response: Some(CommonResponse {
@@ -302,16 +610,32 @@ impl HttpStream {
         let Phase::Forwarded(exchange) = &mut self.phase else {
             return respond(Response::ResponseBody(BodyResponse::default()));
         };
+        let status = exchange.status.unwrap_or(200);
         match &mut exchange.response {
             ResponseBody::Ignored => respond(Response::ResponseBody(BodyResponse::default())),
             ResponseBody::Buffered => {
                 let usage = usage_from_json(&body.body);
-                let header_mutation = usage.map(|u| HeaderMutation {
-                    set_headers: vec![
+                let mut set_headers = Vec::new();
+                let mut fields = Vec::new();
+                if let Some(u) = usage {
+                    set_headers.extend([
                         set_header(PROMPT_TOKENS_HEADER, &u.prompt_tokens.to_string()),
                         set_header(COMPLETION_TOKENS_HEADER, &u.completion_tokens.to_string()),
                         set_header(TOTAL_TOKENS_HEADER, &u.total_tokens.to_string()),
-                    ],
+                    ]);
+                    fields.extend(usage_fields(u));
+                }
+                if let Some(metered) = exchange.metered.take() {
+                    let tokens = usage.map(billed).unwrap_or_else(|| metered.estimated(None));
+                    let cost = metered.metering.cost(&tokens);
+                    if metered.metering.price.is_some() {
+                        set_headers.push(set_header(COST_HEADER, &format_usd(cost)));
+                    }
+                    fields.extend(cost_fields(&metered, cost));
+                    metered.finish(Some(tokens), status, SpendOutcome::Ok);
+                }
+                let header_mutation = (!set_headers.is_empty()).then(|| HeaderMutation {
+                    set_headers,
                     remove_headers: vec![],
                 });
                 ProcessingResponse {
@@ -321,7 +645,7 @@ impl HttpStream {
                             ..Default::default()
                         }),
                     })),
-                    dynamic_metadata: usage.map(usage_metadata),
+                    dynamic_metadata: (!fields.is_empty()).then(|| gantry_metadata(fields)),
                     ..Default::default()
                 }
             }
@@ -333,11 +657,22 @@ impl HttpStream {
                         mutation: Some(Mutation::Body(bytes)),
                     }),
                 };
-                let metadata = if body.end_of_stream {
-                    accountant.usage().map(usage_metadata)
-                } else {
-                    None
-                };
+                let mut metadata = None;
+                if body.end_of_stream {
+                    let usage = accountant.usage();
+                    let observed = accountant.text_events();
+                    let mut fields: Vec<(&str, Value)> =
+                        usage.map(usage_fields).into_iter().flatten().collect();
+                    if let Some(metered) = exchange.metered.take() {
+                        let tokens = usage
+                            .map(billed)
+                            .unwrap_or_else(|| metered.estimated(Some(observed)));
+                        let cost = metered.metering.cost(&tokens);
+                        fields.extend(cost_fields(&metered, cost));
+                        metered.finish(Some(tokens), status, SpendOutcome::Ok);
+                    }
+                    metadata = (!fields.is_empty()).then(|| gantry_metadata(fields));
+                }
                 ProcessingResponse {
                     response: Some(Response::ResponseBody(BodyResponse {
                         response: Some(CommonResponse {
@@ -353,6 +688,108 @@ impl HttpStream {
     }
 }
 
+impl Drop for HttpStream {
+    /// A stream that ends before its response did (the client went away, Envoy reset the
+    /// stream, the upstream broke mid-body) still settles: the reservation is released and the
+    /// request is billed its estimated input plus the output seen so far.
+    fn drop(&mut self) {
+        let Phase::Forwarded(exchange) = &mut self.phase else {
+            return;
+        };
+        let Some(metered) = exchange.metered.take() else {
+            return;
+        };
+        let observed = match &exchange.response {
+            ResponseBody::Streamed(accountant) => accountant.text_events(),
+            _ => 0,
+        };
+        let tokens = metered.estimated(Some(observed));
+        // 499: nginx's "client closed request", the usual code for it in access logs.
+        let status = exchange.status.unwrap_or(499);
+        tracing::info!(
+            reservation = %metered.metering.reservation.0,
+            observed_output_tokens = observed,
+            "request ended before its response: reservation released"
+        );
+        metered.finish(Some(tokens), status, SpendOutcome::Aborted);
+    }
+}
+
+/// Plans the metering of one request (pure; may tokenize a large body).
+#[allow(clippy::too_many_arguments)]
+fn plan_metering(
+    policy: &GovernancePolicy,
+    caller: &Caller,
+    route: &gantry_policy::snapshot::ModelRoute,
+    head: &(String, String),
+    headers: &[(String, String)],
+    api: LlmApi,
+    body: &[u8],
+    now: i64,
+) -> Result<Metering, Box<LocalReply>> {
+    #[derive(serde::Deserialize)]
+    struct EndUser<'a> {
+        #[serde(borrow, default)]
+        user: Option<std::borrow::Cow<'a, str>>,
+    }
+    let end_user = serde_json::from_slice::<EndUser>(body)
+        .ok()
+        .and_then(|u| u.user);
+    let facts = ScopeFacts {
+        caller,
+        model: &route.alias,
+        provider: &route.provider.name,
+        upstream_model: &route.upstream_model,
+        end_user: end_user.as_deref(),
+        method: &head.0,
+        path: &head.1,
+        headers,
+    };
+    policy.plan(&facts, api, body, now)
+}
+
+fn usage_fields(usage: Usage) -> [(&'static str, Value); 4] {
+    [
+        ("prompt_tokens", number_value(usage.prompt_tokens)),
+        ("completion_tokens", number_value(usage.completion_tokens)),
+        ("total_tokens", number_value(usage.total_tokens)),
+        ("cached_prompt_tokens", number_value(usage.cached_tokens)),
+    ]
+}
+
+fn cost_fields(metered: &MeteredRequest, cost: Nanos) -> Vec<(&'static str, Value)> {
+    let mut fields = vec![("cost_nanos", number_value(cost.max(0) as u64))];
+    if let Some(price) = &metered.metering.price {
+        fields.push((
+            "cost_usd",
+            Value {
+                kind: Some(Kind::NumberValue(cost as f64 / NANOS_PER_USD as f64)),
+            },
+        ));
+        fields.push(("price_source", string_value(price.source.as_str())));
+    }
+    fields
+}
+
+/// Every header of a request head, names lower-case as Envoy sends them.
+fn all_headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
+    map.map(|m| {
+        m.headers
+            .iter()
+            .filter(|h| !h.key.starts_with(':'))
+            .map(|h| {
+                let value = if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                };
+                (h.key.clone(), value)
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 fn respond(response: Response) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(response),
@@ -366,7 +803,14 @@ fn immediate(reply: &LocalReply) -> ProcessingResponse {
             code: i32::from(reply.status),
         }),
         headers: Some(HeaderMutation {
-            set_headers: vec![set_header("content-type", "application/json")],
+            set_headers: std::iter::once(set_header("content-type", "application/json"))
+                .chain(
+                    reply
+                        .headers
+                        .iter()
+                        .map(|(name, value)| set_header(name, value)),
+                )
+                .collect(),
             remove_headers: vec![],
         }),
         body: reply.body.to_vec(),
@@ -411,7 +855,7 @@ fn number_value(n: u64) -> Value {
     }
 }
 
-fn gantry_metadata<const N: usize>(fields: [(&str, Value); N]) -> Struct {
+fn gantry_metadata<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
     let inner = Struct {
         fields: fields
             .into_iter()
@@ -428,14 +872,6 @@ fn gantry_metadata<const N: usize>(fields: [(&str, Value); N]) -> Struct {
         .into_iter()
         .collect(),
     }
-}
-
-fn usage_metadata(usage: Usage) -> Struct {
-    gantry_metadata([
-        ("prompt_tokens", number_value(usage.prompt_tokens)),
-        ("completion_tokens", number_value(usage.completion_tokens)),
-        ("total_tokens", number_value(usage.total_tokens)),
-    ])
 }
 
 #[cfg(test)]
@@ -455,7 +891,7 @@ models:
         )
         .unwrap();
         let snapshot = Snapshot::compile(&config, &|_| Some("sk-p".into()));
-        HttpStream::new(Arc::new(snapshot))
+        HttpStream::new(Arc::new(snapshot), None)
     }
 
     fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
@@ -497,23 +933,27 @@ models:
             .collect()
     }
 
-    fn forward(stream: &mut HttpStream, body: &str) -> ProcessingResponse {
-        let head = stream.handle(message(Request::RequestHeaders(headers(
-            &[(":method", "POST"), (":path", "/v1/chat/completions")],
-            false,
-        ))));
+    async fn forward(stream: &mut HttpStream, body: &str) -> ProcessingResponse {
+        let head = stream
+            .handle(message(Request::RequestHeaders(headers(
+                &[(":method", "POST"), (":path", "/v1/chat/completions")],
+                false,
+            ))))
+            .await;
         assert!(matches!(head.response, Some(Response::RequestHeaders(_))));
-        stream.handle(message(Request::RequestBody(HttpBody {
-            body: body.as_bytes().to_vec(),
-            end_of_stream: true,
-            ..Default::default()
-        })))
+        stream
+            .handle(message(Request::RequestBody(HttpBody {
+                body: body.as_bytes().to_vec(),
+                end_of_stream: true,
+                ..Default::default()
+            })))
+            .await
     }
 
-    #[test]
-    fn body_response_reroutes_rewrites_and_fixes_content_length() {
+    #[tokio::test]
+    async fn body_response_reroutes_rewrites_and_fixes_content_length() {
         let mut stream = stream();
-        let response = forward(&mut stream, r#"{"model":"fast","messages":[]}"#);
+        let response = forward(&mut stream, r#"{"model":"fast","messages":[]}"#).await;
         let Some(Response::RequestBody(BodyResponse {
             response: Some(common),
         })) = &response.response
@@ -538,8 +978,8 @@ models:
         assert!(meta.fields.contains_key(METADATA_NAMESPACE));
     }
 
-    #[test]
-    fn response_mode_follows_content_type_and_status() {
+    #[tokio::test]
+    async fn response_mode_follows_content_type_and_status() {
         for (status, content_type, expected) in [
             (
                 "200",
@@ -551,11 +991,13 @@ models:
             ("200", "text/plain", None),
         ] {
             let mut stream = stream();
-            forward(&mut stream, r#"{"model":"fast","stream":true}"#);
-            let response = stream.handle(message(Request::ResponseHeaders(headers(
-                &[(":status", status), ("content-type", content_type)],
-                false,
-            ))));
+            forward(&mut stream, r#"{"model":"fast","stream":true}"#).await;
+            let response = stream
+                .handle(message(Request::ResponseHeaders(headers(
+                    &[(":status", status), ("content-type", content_type)],
+                    false,
+                ))))
+                .await;
             let mode = response
                 .mode_override
                 .map(|m| BodySendMode::try_from(m.response_body_mode).unwrap());
@@ -563,20 +1005,24 @@ models:
         }
     }
 
-    #[test]
-    fn buffered_json_reply_yields_usage_headers_and_metadata() {
+    #[tokio::test]
+    async fn buffered_json_reply_yields_usage_headers_and_metadata() {
         let mut stream = stream();
-        forward(&mut stream, r#"{"model":"fast"}"#);
-        stream.handle(message(Request::ResponseHeaders(headers(
-            &[(":status", "200"), ("content-type", "application/json")],
-            false,
-        ))));
-        let response = stream.handle(message(Request::ResponseBody(HttpBody {
-            body: br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#
-                .to_vec(),
-            end_of_stream: true,
-            ..Default::default()
-        })));
+        forward(&mut stream, r#"{"model":"fast"}"#).await;
+        stream
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await;
+        let response = stream
+            .handle(message(Request::ResponseBody(HttpBody {
+                body: br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#
+                    .to_vec(),
+                end_of_stream: true,
+                ..Default::default()
+            })))
+            .await;
         let Some(Response::ResponseBody(BodyResponse {
             response: Some(common),
         })) = &response.response
@@ -594,27 +1040,29 @@ models:
         );
     }
 
-    #[test]
-    fn local_replies_and_unknown_messages_pass_untouched() {
+    #[tokio::test]
+    async fn local_replies_and_unknown_messages_pass_untouched() {
         let mut stream = stream();
         // A local reply from another filter: response headers arrive first.
-        let response = stream.handle(message(Request::ResponseHeaders(headers(
-            &[(":status", "401")],
-            true,
-        ))));
+        let response = stream
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "401")],
+                true,
+            ))))
+            .await;
         assert!(matches!(
             response.response,
             Some(Response::ResponseHeaders(_))
         ));
         assert!(response.mode_override.is_none());
-        let unknown = stream.handle(ProcessingRequest::default());
+        let unknown = stream.handle(ProcessingRequest::default()).await;
         assert_eq!(unknown, ProcessingResponse::default());
     }
 
-    #[test]
-    fn refused_requests_become_immediate_json_responses() {
+    #[tokio::test]
+    async fn refused_requests_become_immediate_json_responses() {
         let mut stream = stream();
-        let response = forward(&mut stream, r#"{"model":"nope"}"#);
+        let response = forward(&mut stream, r#"{"model":"nope"}"#).await;
         let Some(Response::ImmediateResponse(reply)) = response.response else {
             panic!("expected an immediate response");
         };
@@ -627,5 +1075,218 @@ models:
         );
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["error"]["code"], "model_not_found");
+    }
+
+    /// A stream under a governance section (`budgets` given), with an embedded store in `dir`.
+    fn governed_stream(
+        budgets: &str,
+        dir: &tempfile::TempDir,
+    ) -> (HttpStream, Arc<GovernanceRuntime>, Arc<Snapshot>) {
+        let config = ConfigFile::parse(&format!(
+            "\
+listen: 127.0.0.1:10000
+providers:
+  - {{ name: p, kind: openai, endpoint: 'http://127.0.0.1:18080' }}
+models:
+  - {{ name: fast, provider: p, model: small-1 }}
+governance:
+  store: {{ kind: embedded, path: '{}' }}
+  pricing:
+    models:
+      fast: {{ input: 1000, output: 2000 }}
+  budgets:
+{budgets}",
+            dir.path().join("g.db").display()
+        ))
+        .unwrap();
+        let snapshot = Arc::new(Snapshot::compile(&config, &|_| None));
+        let store = gantry_store::EmbeddedStore::open(
+            &dir.path().join("g.db"),
+            gantry_policy::config::StoreDurability::Normal,
+        )
+        .unwrap();
+        let runtime = GovernanceRuntime::start(Arc::new(store));
+        let stream = HttpStream::new(snapshot.clone(), Some(runtime.clone()));
+        (stream, runtime, snapshot)
+    }
+
+    const ROOMY: &str = "    - { name: roomy, scope: '\"global\"', tokens: 100000, window: day }\n";
+    /// "hi" from "user" is estimated at 9 input tokens; with max_tokens 10 a request reserves 19.
+    const CHAT: &str =
+        r#"{"model":"fast","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    async fn spend_log(
+        runtime: &GovernanceRuntime,
+    ) -> Vec<gantry_policy::governance::ledger::SpendRecord> {
+        runtime.drain(std::time::Duration::from_secs(5)).await;
+        runtime
+            .store()
+            .spend(&Default::default())
+            .await
+            .expect("spend log")
+    }
+
+    fn response_headers_of(response: &ProcessingResponse) -> Vec<(String, String)> {
+        let Some(Response::ResponseHeaders(HeadersResponse {
+            response: Some(common),
+        })) = &response.response
+        else {
+            panic!("unexpected {response:?}");
+        };
+        set_headers(common)
+    }
+
+    #[tokio::test]
+    async fn admitted_requests_carry_budget_headers_and_settle_with_the_real_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut stream, runtime, _) = governed_stream(ROOMY, &dir);
+        let response = forward(&mut stream, CHAT).await;
+        assert!(matches!(response.response, Some(Response::RequestBody(_))));
+        let head = stream
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await;
+        let set = response_headers_of(&head);
+        assert!(
+            set.contains(&("x-gantry-budget".into(), "roomy".into())),
+            "{set:?}"
+        );
+        assert!(set.contains(&(
+            "x-gantry-budget-remaining-tokens".into(),
+            (100_000 - 19).to_string()
+        )));
+        let body = stream
+            .handle(message(Request::ResponseBody(HttpBody {
+                body: br#"{"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#
+                    .to_vec(),
+                end_of_stream: true,
+                ..Default::default()
+            })))
+            .await;
+        let Some(Response::ResponseBody(BodyResponse {
+            response: Some(common),
+        })) = &body.response
+        else {
+            panic!("unexpected {body:?}");
+        };
+        // 2 × $0.001 + 5 × $0.002
+        assert!(set_headers(common).contains(&(COST_HEADER.into(), "0.012000".into())));
+        drop(stream);
+        let records = spend_log(&runtime).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].outcome, SpendOutcome::Ok);
+        assert_eq!((records[0].input_tokens, records[0].output_tokens), (2, 5));
+        assert_eq!(records[0].cost_nanos, 12_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_request_over_budget_gets_an_immediate_429_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for one reservation of 19 tokens, not two.
+        let small = "    - { name: small, scope: '\"global\"', tokens: 30, window: hour }\n";
+        let (mut first, runtime, snapshot) = governed_stream(small, &dir);
+        let admitted = forward(&mut first, CHAT).await;
+        assert!(matches!(admitted.response, Some(Response::RequestBody(_))));
+        let mut stream = HttpStream::new(snapshot, Some(runtime.clone()));
+        let response = forward(&mut stream, CHAT).await;
+        let Some(Response::ImmediateResponse(reply)) = response.response else {
+            panic!("expected a refusal: {response:?}");
+        };
+        assert_eq!(reply.status.map(|s| s.code), Some(429));
+        let headers: Vec<String> = reply
+            .headers
+            .unwrap()
+            .set_headers
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| h.key.clone()))
+            .collect();
+        assert!(headers.contains(&"retry-after".to_string()), "{headers:?}");
+        assert!(
+            headers.contains(&"x-gantry-budget".to_string()),
+            "{headers:?}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "budget_exceeded");
+        drop(stream);
+        drop(first);
+        let records = spend_log(&runtime).await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.outcome == SpendOutcome::BudgetExceeded),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn upstream_errors_release_and_aborted_streams_bill_what_was_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut failed, runtime, snapshot) = governed_stream(ROOMY, &dir);
+        forward(&mut failed, CHAT).await;
+        failed
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "503"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await;
+
+        let mut aborted = HttpStream::new(snapshot.clone(), Some(runtime.clone()));
+        let stream_chat = r#"{"model":"fast","stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+        forward(&mut aborted, stream_chat).await;
+        aborted
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "text/event-stream")],
+                false,
+            ))))
+            .await;
+        aborted
+            .handle(message(Request::ResponseBody(HttpBody {
+                body: b"data: {\"choices\":[{\"delta\":{\"content\":\"one\"}}]}\n\n".to_vec(),
+                end_of_stream: false,
+                ..Default::default()
+            })))
+            .await;
+        // Envoy resets the stream: the client went away.
+        drop(aborted);
+        drop(failed);
+
+        let records = spend_log(&runtime).await;
+        let outcome = |o| records.iter().find(|r| r.outcome == o).expect("record");
+        let failed = outcome(SpendOutcome::UpstreamError);
+        assert_eq!(
+            (failed.status, failed.cost_nanos, failed.output_tokens),
+            (503, 0, 0)
+        );
+        let aborted = outcome(SpendOutcome::Aborted);
+        assert_eq!((aborted.input_tokens, aborted.output_tokens), (9, 1));
+
+        // Nothing stays reserved: the next request sees only the aborted one's 10 tokens spent.
+        let mut next = HttpStream::new(snapshot, Some(runtime.clone()));
+        forward(&mut next, CHAT).await;
+        let head = next
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await;
+        assert!(response_headers_of(&head).contains(&(
+            "x-gantry-budget-remaining-tokens".into(),
+            (100_000 - 10 - 19).to_string()
+        )));
+    }
+
+    #[tokio::test]
+    async fn governance_without_a_store_refuses_rather_than_going_unmetered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, snapshot) = governed_stream(ROOMY, &dir);
+        let mut stream = HttpStream::new(snapshot, None);
+        let response = forward(&mut stream, CHAT).await;
+        let Some(Response::ImmediateResponse(reply)) = response.response else {
+            panic!("expected a refusal: {response:?}");
+        };
+        assert_eq!(reply.status.map(|s| s.code), Some(503));
+        assert_eq!(reply.details, "gantry_store_unavailable");
     }
 }

@@ -10,7 +10,9 @@
 //! (switched per request with `mode_override`: BUFFERED for JSON, STREAMED for SSE), and
 //! `receiving_namespaces` containing [`http_stream::METADATA_NAMESPACE`].
 
+pub mod governance;
 pub mod http_stream;
 pub mod server;
 
+pub use governance::{GovernanceRuntime, GovernanceStats};
 pub use server::{serve, ExtProcService, SharedSnapshot};

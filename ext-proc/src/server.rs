@@ -15,6 +15,7 @@ use gantry_policy::Snapshot;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::governance::GovernanceRuntime;
 use crate::http_stream::HttpStream;
 
 /// The config snapshot requests are served from; swapped whole on reload.
@@ -28,11 +29,20 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ExtProcService {
     snapshot: SharedSnapshot,
+    governance: Option<Arc<GovernanceRuntime>>,
 }
 
 impl ExtProcService {
-    pub fn new(snapshot: SharedSnapshot) -> ExtProcService {
-        ExtProcService { snapshot }
+    /// `governance` is the store runtime; it must be given when snapshots have a
+    /// `governance` section (requests under budgets are refused without it).
+    pub fn new(
+        snapshot: SharedSnapshot,
+        governance: Option<Arc<GovernanceRuntime>>,
+    ) -> ExtProcService {
+        ExtProcService {
+            snapshot,
+            governance,
+        }
     }
 
     /// The service wrapped for tonic, with message limits suitable for Envoy.
@@ -52,7 +62,7 @@ impl ExternalProcessor for ExtProcService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         // One snapshot for the whole HTTP request, even if config is swapped meanwhile.
-        let state = HttpStream::new(self.snapshot.load_full());
+        let state = HttpStream::new(self.snapshot.load_full(), self.governance.clone());
         // Each response is computed when tonic pulls the next one, straight from the inbound
         // message: no task or channel per request.
         let responses = futures::stream::unfold(
@@ -60,7 +70,7 @@ impl ExternalProcessor for ExtProcService {
             |(mut inbound, mut state)| async move {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        let response = state.handle(message);
+                        let response = state.handle(message).await;
                         Some((Ok(response), (inbound, state)))
                     }
                     Ok(None) => None,
@@ -84,6 +94,7 @@ pub type ResponseStream =
 pub async fn serve(
     listener: TcpListener,
     snapshot: SharedSnapshot,
+    governance: Option<Arc<GovernanceRuntime>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // Every ext_proc message is small and on the request's critical path: without TCP_NODELAY
@@ -91,7 +102,7 @@ pub async fn serve(
     // stream we build ourselves, so it is set here.)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(ExtProcService::new(snapshot).into_server())
+        .add_service(ExtProcService::new(snapshot, governance).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

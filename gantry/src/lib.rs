@@ -6,7 +6,10 @@
 
 pub mod envoy_binary;
 pub mod envoy_bootstrap;
+pub mod governance_store;
 pub mod local_stack;
+pub mod metrics_endpoint;
+pub mod spend;
 
 /// The quickstart config bundled into the binary; `gantry run` uses it when `--config` is not
 /// given.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use gantry_ext_authz::{AuthzService, JwksStore};
+use gantry_ext_proc::GovernanceRuntime;
 use gantry_mock_provider::{MockConfig, MockProvider};
 use gantry_policy::{ConfigFile, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,11 +20,14 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::envoy_bootstrap;
+use crate::governance_store::open_store;
 
 /// How long Envoy may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// How long Envoy may take to exit after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for settlements and spend records to reach the store.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
     pub config: ConfigFile,
@@ -99,6 +103,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 pub struct Services {
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// Servers besides the gRPC ones (`/metrics`).
+    extra_tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The store runtime, when the config has a `governance` section.
+    pub governance: Option<Arc<GovernanceRuntime>>,
 }
 
 impl Services {
@@ -120,21 +128,53 @@ impl Services {
             }
             None => None,
         };
+        let governance = match &snapshot.governance {
+            Some(policy) => {
+                let store = open_store(&policy.store)?;
+                // Loading a tokenizer takes a moment: do it now, not on the first request.
+                tokio::task::spawn_blocking(gantry_policy::governance::estimate::warm_tokenizers);
+                tracing::info!(
+                    "governance: {} budgets, {} rate limits, {} store",
+                    policy.budget_count(),
+                    policy.rate_limit_count(),
+                    store.kind()
+                );
+                Some(GovernanceRuntime::start(store))
+            }
+            None => None,
+        };
         let shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut services = Services {
             stop: Vec::new(),
             tasks: Vec::new(),
+            extra_tasks: Vec::new(),
+            governance: governance.clone(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         services.stop.push(stop);
         services.tasks.push(tokio::spawn(gantry_ext_proc::serve(
             ext_proc_listener,
             shared.clone(),
+            governance,
             async move {
                 let _ = stopped.await;
             },
         )));
         tracing::info!("ext_proc serving on {ext_proc_addr}");
+        if let Some(addr) = config.metrics_addr() {
+            let (listener, router) =
+                crate::metrics_endpoint::bind(addr, services.governance.clone()).await?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services.extra_tasks.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }));
+            tracing::info!("metrics served on http://{addr}/metrics");
+        }
         if let Some((listener, jwks)) = authz {
             let addr = listener.local_addr().ok();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -165,12 +205,19 @@ impl Services {
         }
     }
 
+    /// Stops the servers, then waits for settlements and spend records to reach the store.
     pub async fn stop(self) {
         for stop in self.stop {
             let _ = stop.send(());
         }
         for task in self.tasks {
             let _ = task.await;
+        }
+        for task in self.extra_tasks {
+            let _ = task.await;
+        }
+        if let Some(governance) = &self.governance {
+            governance.drain(DRAIN_DEADLINE).await;
         }
     }
 }

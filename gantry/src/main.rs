@@ -53,6 +53,25 @@ enum Commands {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Report spend from the spend log (grouped, or raw records) as a table, CSV or JSON.
+    Spend {
+        #[arg(long)]
+        config: PathBuf,
+        /// Group by any of: key, user, team, model, provider, day (comma-separated).
+        #[arg(long, default_value = "key")]
+        by: String,
+        /// From this day (YYYY-MM-DD, in the governance time zone) or instant (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this day or instant.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::spend::SpendFormat,
+        /// One line per request instead of groups (CSV, or JSON lines with --format json).
+        #[arg(long)]
+        records: bool,
+    },
     /// Serve the built-in OpenAI-compatible mock provider (JSON and SSE).
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -109,8 +128,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => String::new(),
             };
+            let governance = match &parsed.governance {
+                Some(g) => format!(
+                    ", governance: {} budgets, {} rate limits, {} store",
+                    g.budgets.len(),
+                    g.rate_limits.len(),
+                    g.store.kind()
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} providers, {} models{auth})",
+                "{}: OK ({} providers, {} models{auth}{governance})",
                 config.display(),
                 parsed.providers.len(),
                 parsed.models.len()
@@ -178,6 +206,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Commands::Spend {
+            config,
+            by,
+            since,
+            until,
+            format,
+            records,
+        } => {
+            let parsed = load(&config)?;
+            let Some(section) = &parsed.governance else {
+                anyhow::bail!(
+                    "{} has no governance section: nothing is metered or logged",
+                    config.display()
+                );
+            };
+            let options = gantry::spend::SpendOptions {
+                by,
+                since,
+                until,
+                format,
+                records,
+            };
+            let text = runtime()?.block_on(gantry::spend::report(section, &options))?;
+            print!("{text}");
+            Ok(())
+        }
         Commands::MockProvider { listen, name } => runtime()?.block_on(async move {
             let mock = gantry_mock_provider::MockProvider::start(
                 listen,

@@ -17,7 +17,9 @@ use serde_saphyr::Spanned;
 use crate::endpoint::ProviderEndpoint;
 
 mod auth;
+mod governance;
 pub use auth::*;
+pub use governance::*;
 
 /// Where Envoy's admin interface listens unless the config says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -58,6 +60,20 @@ pub struct ConfigFile {
     /// CORS for browser clients, answered by Envoy.
     #[serde(default)]
     pub cors: Option<CorsSection>,
+    /// Budgets, rate limits, prices and the spend log. Without it, nothing is metered.
+    #[serde(default)]
+    pub governance: Option<GovernanceSection>,
+    /// Gantry's own Prometheus endpoint (`GET /metrics`). Off unless configured.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+}
+
+/// Where Gantry serves `GET /metrics` (Prometheus text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// e.g. `127.0.0.1:10003`.
+    pub listen: Spanned<String>,
 }
 
 /// How Envoy reaches Gantry's ext_proc server and what it does when that server is down.
@@ -261,6 +277,16 @@ impl ConfigFile {
                 claim_port(addr, "auth.listen", listen.referenced.line(), &mut issues);
             }
         }
+        if let Some(metrics) = &self.metrics {
+            if let Some(addr) = check_socket_addr(&metrics.listen, "metrics.listen", &mut issues) {
+                claim_port(
+                    addr,
+                    "metrics.listen",
+                    metrics.listen.referenced.line(),
+                    &mut issues,
+                );
+            }
+        }
         if self.ext_proc.message_timeout_ms == Some(0) {
             issues.push(ConfigIssue {
                 path: "ext_proc.message_timeout_ms".into(),
@@ -404,6 +430,9 @@ impl ConfigFile {
         if let Some(cors) = &self.cors {
             cors.validate(&mut issues);
         }
+        if let Some(governance) = &self.governance {
+            governance.validate(&mut issues);
+        }
         issues
     }
 
@@ -420,6 +449,13 @@ impl ConfigFile {
 
     pub fn admin_addr(&self) -> SocketAddr {
         parse_addr_or(&self.admin, DEFAULT_ADMIN)
+    }
+
+    /// Where `/metrics` is served, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|m| m.listen.value.parse().ok())
     }
 
     pub fn ext_proc_addr(&self) -> SocketAddr {

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod endpoint;
+pub mod governance;
 pub mod json_object;
 pub mod openai_api;
 pub mod snapshot;

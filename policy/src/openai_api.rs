@@ -58,6 +58,8 @@ pub struct LocalReply {
     pub body: Bytes,
     /// Short machine-readable reason, e.g. for Envoy's `%RESPONSE_CODE_DETAILS%`.
     pub details: &'static str,
+    /// Headers besides `content-type` (e.g. `retry-after`, `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl LocalReply {
@@ -82,6 +84,7 @@ impl LocalReply {
             status,
             body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
             details: code,
+            headers: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl LocalReply {
             status,
             body,
             details,
+            headers: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::auth::AuthPolicy;
 use crate::config::{ConfigFile, ProviderKind};
 use crate::endpoint::ProviderEndpoint;
+use crate::governance::GovernancePolicy;
 
 /// A provider's API key. Its `Debug` form is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct Snapshot {
     pub models_list_body: Bytes,
     /// Identity and access, when the config has an `auth` section.
     pub auth: Option<Arc<AuthPolicy>>,
+    /// Budgets, rate limits and spend, when the config has a `governance` section.
+    pub governance: Option<Arc<GovernancePolicy>>,
 }
 
 impl Snapshot {
@@ -145,6 +148,13 @@ impl Snapshot {
                 .auth
                 .as_ref()
                 .map(|section| Arc::new(AuthPolicy::compile(section))),
+            governance: config.governance.as_ref().and_then(|section| {
+                GovernancePolicy::compile(section)
+                    .map(Arc::new)
+                    // Unreachable on a validated config: validation compiles the same parts.
+                    .map_err(|e| tracing::error!(error = %e, "governance section not compiled"))
+                    .ok()
+            }),
         }
     }
 

@@ -16,6 +16,15 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from the provider's cache (`prompt_tokens_details.cached_tokens`),
+    /// part of `prompt_tokens`.
+    pub cached_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -26,6 +35,8 @@ struct UsageFields {
     completion_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +53,11 @@ impl From<UsageFields> for Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: u.total_tokens.unwrap_or(prompt + completion),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0)
+                .min(prompt),
         }
     }
 }
@@ -69,6 +85,8 @@ pub struct StreamAccountant {
     framer: SseFramer,
     strip_usage: bool,
     usage: Option<Usage>,
+    /// Events carrying generated text: about one token each on OpenAI-style streams.
+    text_events: u64,
 }
 
 impl StreamAccountant {
@@ -78,6 +96,7 @@ impl StreamAccountant {
             framer: SseFramer::new(),
             strip_usage,
             usage: None,
+            text_events: 0,
         }
     }
 
@@ -85,24 +104,41 @@ impl StreamAccountant {
         self.usage
     }
 
+    /// How many events so far carried generated text (`"content":"…"` or `"text":"…"`): the
+    /// output tokens of a stream cut short before its usage chunk, to within a token or so
+    /// per event on OpenAI-style streams.
+    pub fn text_events(&self) -> u64 {
+        self.text_events
+    }
+
+    fn count_text(&mut self, event: &[u8]) {
+        if contains(event, b"\"content\":\"") || contains(event, b"\"text\":\"") {
+            self.text_events += 1;
+        }
+    }
+
     pub fn on_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkOutput {
         let events = self.framer.push(chunk);
         if !self.strip_usage {
             for event in &events {
+                self.count_text(event);
                 self.observe(event);
             }
             if end_of_stream {
                 let tail = self.framer.take_pending();
+                self.count_text(&tail);
                 self.observe(&tail);
             }
             return ChunkOutput::Unchanged;
         }
         let mut out = Vec::with_capacity(chunk.len());
         for event in &events {
+            self.count_text(event);
             self.strip(event, &mut out);
         }
         if end_of_stream {
             let tail = self.framer.take_pending();
+            self.count_text(&tail);
             self.strip(&tail, &mut out);
         }
         if out == chunk {
@@ -202,9 +238,11 @@ mod tests {
                 Some(Usage {
                     prompt_tokens: 5,
                     completion_tokens: 2,
-                    total_tokens: 7
+                    total_tokens: 7,
+                    cached_tokens: 0,
                 })
             );
+            assert_eq!(accountant.text_events(), 1, "one content delta");
         }
     }
 
@@ -234,9 +272,12 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 6,
                 completion_tokens: 0,
-                total_tokens: 6
+                total_tokens: 6,
+                cached_tokens: 0,
             })
         );
+        let cached = br#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":8}}}"#;
+        assert_eq!(usage_from_json(cached).map(|u| u.cached_tokens), Some(8));
         assert_eq!(usage_from_json(b"not json"), None);
         assert_eq!(usage_from_json(br#"{"usage":null}"#), None);
     }

@@ -8,6 +8,7 @@ mod concurrency;
 mod envoy_configs;
 mod errors;
 mod fail_mode;
+mod governance;
 mod interop;
 mod istio;
 mod llm_path;

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 pub mod gated_upstream;
 pub mod jwks_server;
 pub mod jwt;
+pub mod redis_server;
 pub mod tls;
 
 pub use gated_upstream::GatedSseUpstream;
+pub use redis_server::RedisServer;
 
 /// The Gantry checkout this crate lives in.
 pub fn project_root() -> PathBuf {

@@ -511,6 +511,20 @@ impl AuthPolicy {
             if let Some(issuer) = &p.issuer {
                 metadata.insert("issuer".into(), Value::String(issuer.clone()));
             }
+            if let Some(key) = &p.api_key {
+                if !key.labels.is_empty() {
+                    let labels = key
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect();
+                    metadata.insert("labels".into(), Value::Object(labels));
+                }
+            }
+            if let Some(claims) = &p.claims {
+                // For scopes of budgets and rate limits written over `jwt` (ext_proc).
+                metadata.insert("claims".into(), Value::Object((**claims).clone()));
+            }
             if let Some(models) = p.api_key.as_ref().and_then(|k| k.models.as_ref()) {
                 metadata.insert(
                     "allowed_models".into(),

@@ -26,7 +26,8 @@ use crate::config::{RuleAction, RuleSection};
 /// Variables rules may refer to.
 pub const VARIABLES: &[&str] = &["request", "source", "principal", "jwt", "apiKey", "llm"];
 
-fn env() -> &'static Arc<Env> {
+/// The CEL environment (standard library) every Gantry expression is compiled in.
+pub(crate) fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
     ENV.get_or_init(|| Arc::new(Env::stdlib()))
 }
@@ -248,7 +249,8 @@ fn map<const N: usize>(entries: [(&str, CelValue); N]) -> CelValue {
     CelValue::Map(CelMap::from(map))
 }
 
-fn json_to_cel(value: &Value) -> CelValue {
+/// A JSON value as a CEL value (numbers: int, then uint, then double).
+pub(crate) fn json_to_cel(value: &Value) -> CelValue {
     match value {
         Value::Null => CelValue::Null,
         Value::Bool(b) => CelValue::Bool(*b),
@@ -264,7 +266,7 @@ fn json_to_cel(value: &Value) -> CelValue {
     }
 }
 
-fn object_to_cel(fields: &serde_json::Map<String, Value>) -> CelValue {
+pub(crate) fn object_to_cel(fields: &serde_json::Map<String, Value>) -> CelValue {
     let map: HashMap<Key, CelValue> = fields
         .iter()
         .map(|(k, v)| (Key::from(k.as_str()), json_to_cel(v)))

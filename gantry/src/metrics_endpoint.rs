@@ -1,0 +1,50 @@
+//! `GET /metrics`: Gantry's counters in the Prometheus text format, on `metrics.listen`.
+//!
+//! Today it exports the governance runtime's counters (admissions, refusals, store errors, what
+//! the failure modes did, spend records) and `gantry_build_info`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::get;
+use gantry_ext_proc::GovernanceRuntime;
+use tokio::net::TcpListener;
+
+/// Binds `addr` and returns the listener with the router that answers `/metrics`.
+pub async fn bind(
+    addr: SocketAddr,
+    governance: Option<Arc<GovernanceRuntime>>,
+) -> anyhow::Result<(TcpListener, axum::Router)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let governance = governance.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    render(governance.as_deref()),
+                )
+            }
+        }),
+    );
+    Ok((listener, router))
+}
+
+fn render(governance: Option<&GovernanceRuntime>) -> String {
+    let mut out = format!(
+        "# HELP gantry_build_info Gantry's version.\n# TYPE gantry_build_info gauge\ngantry_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(governance) = governance {
+        out.push_str(
+            &governance
+                .stats
+                .render_prometheus(governance.store().kind()),
+        );
+    }
+    out
+}
