@@ -432,6 +432,21 @@ impl ConfigFile {
         }
         if let Some(governance) = &self.governance {
             governance.validate(&mut issues);
+            // A reservation must outlive the longest request, or it would stop counting while
+            // its request still runs.
+            let lease = governance.reservation_lease_secs();
+            for (i, provider) in self.providers.iter().enumerate() {
+                if lease > 0 && provider.timeout_secs() > lease {
+                    issues.push(issue(
+                        "governance.estimates.reservation_lease_secs",
+                        0,
+                        format!(
+                            "{lease} s is shorter than providers[{i}].timeout_secs ({} s): reservations would expire while their requests still run; raise the lease",
+                            provider.timeout_secs()
+                        ),
+                    ));
+                }
+            }
         }
         issues
     }
@@ -695,5 +710,28 @@ limits:
             err.contains("providers[0].endpoint (line 5): a mock provider"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_reservation_lease_shorter_than_a_provider_timeout_is_refused() {
+        let text = "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: slow, kind: openai, endpoint: 'http://127.0.0.1:18080', timeout_secs: 1200 }
+models:
+  - { name: m, provider: slow, model: m }
+governance: {}
+";
+        let error = ConfigFile::parse(text).unwrap_err().to_string();
+        assert!(
+            error.contains("governance.estimates.reservation_lease_secs")
+                && error.contains("providers[0].timeout_secs (1200 s)"),
+            "{error}"
+        );
+        let longer = text.replace(
+            "governance: {}",
+            "governance: { estimates: { reservation_lease_secs: 1300 } }",
+        );
+        ConfigFile::parse(&longer).expect("a lease longer than the timeout is fine");
     }
 }

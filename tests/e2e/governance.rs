@@ -510,6 +510,59 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_keep_one_budget() {
+    let redis = RedisServer::start();
+    let mock = start_mock("alpha", None).await;
+    // Each request reserves $0.029 and costs $0.021 (see the concurrency test).
+    let limit_usd = 0.2;
+    let governance = format!(
+        "{}  budgets:
+    - {{ name: shared-usd, scope: '\"global\"', usd: {limit_usd}, window: total }}
+",
+        redis_store(&redis)
+    );
+    let one = GovernedConfig::new(&mock.base_url(), &governance, "");
+    let two = GovernedConfig::new(&mock.base_url(), &governance, "");
+    let (a, b) = tokio::join!(one.start(vec![]), two.start(vec![]));
+
+    let requests = (0..40).map(|i| {
+        let stack = if i % 2 == 0 { &a } else { &b };
+        async move {
+            (
+                i % 2,
+                post_chat(stack, &chat(10), &[]).await.status().as_u16(),
+            )
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    let admitted = results.iter().filter(|r| r.1 == 200).count();
+    assert!(
+        results.iter().all(|r| r.1 == 200 || r.1 == 429),
+        "{results:?}"
+    );
+    assert!(
+        admitted >= 6,
+        "only {admitted} admitted (0.2 / 0.029 = 6 fit at once)"
+    );
+    assert!(
+        admitted <= 9,
+        "{admitted} admitted: more than 0.2 / 0.021 = 9 fit in the budget"
+    );
+    for replica in 0..2 {
+        assert!(
+            results.iter().any(|r| r.0 == replica && r.1 == 429),
+            "replica {replica} refused nothing: its budget is not shared"
+        );
+    }
+    // Both replicas write one spend log in Redis, readable through either config.
+    let records = wait_for_records(&one.path, "40 records", |r| r.len() >= 40);
+    assert_eq!(outcome_count(&records, "ok"), admitted);
+    let spent = cost_sum(&records) as f64 / NANOS_PER_USD;
+    assert!(spent <= limit_usd, "spent ${spent} of ${limit_usd}");
+    assert_eq!(spend_records(&two.path).len(), records.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_down_follows_the_failure_mode() {
     let mut redis = RedisServer::start();
     let mock = start_mock("alpha", None).await;

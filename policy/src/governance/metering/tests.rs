@@ -336,7 +336,7 @@ fn estimates_lease_and_long_scopes_follow_the_config() {
         r#"
   estimates:
     default_output_tokens: 50
-    reservation_lease_secs: 60
+    reservation_lease_secs: 600
   budgets:
     - name: by-user
       scope: '"user:" + llm.user'
@@ -359,7 +359,7 @@ fn estimates_lease_and_long_scopes_follow_the_config() {
         "the configured default"
     );
     let admission = metering.admission();
-    assert_eq!(admission.lease_ms, 60_000);
+    assert_eq!(admission.lease_ms, 600_000);
     let charge = &admission.budgets[0];
     assert_eq!(charge.tokens, 59);
     assert_eq!(charge.window_end_ms, None, "total never resets");
