@@ -123,8 +123,8 @@ Sends the same OpenAI chat request through plain Envoy (baseline) and through `g
 (Envoy + Gantry's ext_proc) to an in-process mock provider, in alternating rounds; scenario
 `authz` adds `gantry run` with an API key checked by ext_authz; scenario `budgets` (not in
 `all`) adds `gantry run` with budgets and a rate limit on the embedded store and on a Redis
-started here (scripts/setup.sh installs redis-server). Prints per scenario the medians across
-rounds, the latency each gateway adds and the throughput ratios. `decisions` (in `authz` and
+started here (scripts/setup.sh --with-redis installs redis-server). Prints per scenario the
+medians across rounds, the latency each gateway adds and the throughput ratios. `decisions` (in `authz` and
 `all`) sends ext_authz Check calls straight to `gantry serve` and prints decisions/s and the
 latency per decision for an API key, a JWT and CEL rules. Ends with one JSON line with every
 number. Exits 1 if any request failed or any decision was not an allow.";

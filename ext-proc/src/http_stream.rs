@@ -449,16 +449,28 @@ impl HttpStream {
             ));
         };
         let now = now_ms();
-        let route = plan.route.clone();
         let api = plan.api;
-        let caller = self.caller.clone();
-        let head = (self.head.method.clone(), self.head.path.clone());
-        let headers = self.head.headers.clone();
+        let head = (self.head.method.as_str(), self.head.path.as_str());
         let planned = if body.len() > BLOCKING_ESTIMATE_BYTES {
+            // Tokenizing a large prompt takes milliseconds: not on the runtime's threads.
             let policy = policy.clone();
+            let route = plan.route.clone();
+            let caller = self.caller.clone();
+            let method = self.head.method.clone();
+            let path = self.head.path.clone();
+            let headers = self.head.headers.clone();
             let body = body.to_vec();
             tokio::task::spawn_blocking(move || {
-                plan_metering(&policy, &caller, &route, &head, &headers, api, &body, now)
+                plan_metering(
+                    &policy,
+                    &caller,
+                    &route,
+                    (&method, &path),
+                    &headers,
+                    api,
+                    &body,
+                    now,
+                )
             })
             .await
             .unwrap_or_else(|e| {
@@ -471,7 +483,16 @@ impl HttpStream {
                 )))
             })
         } else {
-            plan_metering(&policy, &caller, &route, &head, &headers, api, body, now)
+            plan_metering(
+                &policy,
+                &self.caller,
+                &plan.route,
+                head,
+                &self.head.headers,
+                api,
+                body,
+                now,
+            )
         };
         let mut metering = planned.map_err(|reply| *reply)?;
         let request_id = self.head.request_id.clone();
@@ -721,7 +742,7 @@ fn plan_metering(
     policy: &GovernancePolicy,
     caller: &Caller,
     route: &gantry_policy::snapshot::ModelRoute,
-    head: &(String, String),
+    (method, path): (&str, &str),
     headers: &[(String, String)],
     api: LlmApi,
     body: &[u8],
@@ -741,8 +762,8 @@ fn plan_metering(
         provider: &route.provider.name,
         upstream_model: &route.upstream_model,
         end_user: end_user.as_deref(),
-        method: &head.0,
-        path: &head.1,
+        method,
+        path,
         headers,
     };
     policy.plan(&facts, api, body, now)
@@ -1288,5 +1309,28 @@ governance:
         };
         assert_eq!(reply.status.map(|s| s.code), Some(503));
         assert_eq!(reply.details, "gantry_store_unavailable");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_prompt_is_estimated_off_the_runtime_and_still_metered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut stream, _runtime, _) = governed_stream(ROOMY, &dir);
+        let prompt = "a".repeat(2 * BLOCKING_ESTIMATE_BYTES);
+        let body = format!(
+            r#"{{"model":"fast","max_tokens":10,"messages":[{{"role":"user","content":"{prompt}"}}]}}"#
+        );
+        let response = forward(&mut stream, &body).await;
+        assert!(matches!(response.response, Some(Response::RequestBody(_))));
+        let head = stream
+            .handle(message(Request::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ))))
+            .await;
+        // One token per 3 characters, "user" 2, framing 6, output 10.
+        let reserved = (2 * BLOCKING_ESTIMATE_BYTES as i64).div_euclid(3) + 1 + 2 + 6 + 10;
+        let remaining = (100_000 - reserved).to_string();
+        assert!(response_headers_of(&head)
+            .contains(&("x-gantry-budget-remaining-tokens".into(), remaining)));
     }
 }

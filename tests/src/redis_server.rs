@@ -43,7 +43,7 @@ pub fn find_redis_server() -> Result<PathBuf, String> {
         }
     }
     Err(format!(
-        "redis-server is missing at {} and not on PATH: run ./scripts/setup.sh first (or set \
+        "redis-server is missing at {} and not on PATH: run ./scripts/setup.sh --with-redis first (or set \
          GANTRY_REDIS_SERVER)",
         local.display()
     ))
