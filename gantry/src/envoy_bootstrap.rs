@@ -352,6 +352,8 @@ fn access_log() -> Value {
                     "prompt_tokens": meta("prompt_tokens"),
                     "completion_tokens": meta("completion_tokens"),
                     "total_tokens": meta("total_tokens"),
+                    "cost_usd": meta("cost_usd"),
+                    "request_id": "%REQ(X-REQUEST-ID)%",
                     "subject": authz("subject"),
                     "auth_method": authz("auth_method"),
                     "api_key": authz("key"),

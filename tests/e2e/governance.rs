@@ -303,6 +303,12 @@ async fn streamed_usage_settles_and_is_logged() {
     assert_eq!(record["input_tokens"], 3, "{record}");
     assert_eq!(record["output_tokens"], 14, "{record}");
     assert_eq!(record["cost_nanos"], 3 * 1_000_000 + 14 * 2_000_000);
+    // The access log line carries the cost, and the request id that joins it to the record.
+    let line = stack.wait_for_access_log("the stream's line with its cost", |e| {
+        e["request_id"] == "stream-1" && e["cost_usd"].is_number()
+    });
+    let cost = line["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.031).abs() < 1e-9, "{line}");
 
     // The next request sees the stream's real cost spent, not its reservation.
     let response = post_chat(&stack, &chat(1), &[]).await;
