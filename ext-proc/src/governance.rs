@@ -28,6 +28,8 @@ pub struct GovernanceStats {
     pub admissions: AtomicU64,
     pub budget_refusals: AtomicU64,
     pub rate_limit_refusals: AtomicU64,
+    /// Requests admitted over an audit budget's limit (counted, not refused).
+    pub audit_budget_overruns: AtomicU64,
     /// Store calls that failed, by operation.
     pub store_errors_admit: AtomicU64,
     pub store_errors_settle: AtomicU64,
@@ -68,6 +70,11 @@ impl GovernanceStats {
                 ("reason=\"budget\"", get(&self.budget_refusals)),
                 ("reason=\"rate_limit\"", get(&self.rate_limit_refusals)),
             ],
+        );
+        counter(
+            "gantry_budget_audit_overruns_total",
+            "Requests admitted beyond the limit of an audit budget.",
+            &[("", get(&self.audit_budget_overruns))],
         );
         counter(
             "gantry_store_errors_total",

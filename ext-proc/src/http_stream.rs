@@ -546,6 +546,10 @@ impl HttpStream {
             }
         }
         if !metering.audit_over.is_empty() {
+            governance
+                .stats
+                .audit_budget_overruns
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(budgets = ?metering.audit_over, "request admitted over audit budgets");
         }
         Ok(Some(MeteredRequest {

@@ -770,3 +770,37 @@ async fn spend_reports_group_by_key_and_day() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown group 'nonsense'"));
     drop(mock);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_budgets_count_overruns_but_never_refuse() {
+    let mock = start_mock("alpha", None).await;
+    let (_store_dir, store) = embedded_store();
+    let metrics = free_ports(1)[0];
+    // Each request reserves 19 tokens: the second and third go over the audit limit of 20.
+    let config = GovernedConfig::new(
+        &mock.base_url(),
+        &format!(
+            "{store}  budgets:
+    - {{ name: watch, scope: '\"global\"', tokens: 20, window: total, action: audit }}
+"
+        ),
+        &format!("metrics: {{ listen: '127.0.0.1:{metrics}' }}\n"),
+    );
+    let stack = config.start(vec![]).await;
+    for _ in 0..3 {
+        let response = post_chat(&stack, &chat(10), &[]).await;
+        assert_eq!(response.status(), 200, "audit budgets never refuse");
+        assert_eq!(header(&response, "x-gantry-budget"), Some("watch"));
+    }
+    let text = scrape(metrics).await;
+    assert!(
+        text.contains("gantry_budget_audit_overruns_total{store=\"embedded\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gantry_budget_refusals_total{store=\"embedded\",reason=\"budget\"} 0\n"),
+        "{text}"
+    );
+    let records = wait_for_records(&config.path, "3 records", |r| r.len() == 3);
+    assert_eq!(outcome_count(&records, "ok"), 3);
+}
