@@ -25,6 +25,7 @@ const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Counters of the governance runtime, exported as Prometheus text.
 #[derive(Debug, Default)]
 pub struct GovernanceStats {
+    /// Admission checks the store answered (admitted or refused).
     pub admissions: AtomicU64,
     pub budget_refusals: AtomicU64,
     pub rate_limit_refusals: AtomicU64,
@@ -59,8 +60,8 @@ impl GovernanceStats {
             }
         };
         counter(
-            "gantry_budget_admissions_total",
-            "Requests admitted by the budget and rate-limit store.",
+            "gantry_budget_checks_total",
+            "Admission checks the store answered (admitted or refused).",
             &[("", get(&self.admissions))],
         );
         counter(
