@@ -16,15 +16,21 @@
 //!   settlement that changes spent amounts commits the counters' new values before
 //!   [`Store::settle`] returns.
 //! - `spend_log`: one row per [`SpendRecord`], committed before [`Store::record_spend`] returns.
+//! - `rate_buckets`: the running GCRA buckets (see below).
 //!
 //! Counters whose window ended more than an hour ago (by the policy's clock) are forgotten,
 //! in memory and on disk, by a sweep that admissions run at most once a minute; a new window is a
 //! new key, so nothing still in use is lost. The spend log is never pruned by the store.
 //!
-//! **Memory only.** Reservations (with their leases) and GCRA rate buckets are never written:
-//! they belong to requests of the running process, so a restart forgets them, which is correct
-//! because those requests died with the process. After a restart, counters hold their spent
-//! amounts and nothing reserved, and every rate bucket is empty.
+//! **Memory only: reservations.** Reservations (with their leases) are never written: they belong
+//! to requests of the running process, so a restart forgets them, which is correct because those
+//! requests died with the process. After a restart, counters hold their spent amounts and
+//! nothing reserved.
+//!
+//! **Rate buckets** (GCRA TATs) are written lazily: admissions queue the running buckets at most
+//! once a second when they changed, and dropping the store queues them a last time. `open`
+//! loads them, so a restart does not hand out a fresh minute of requests; a crash loses at most
+//! the last second of their changes.
 //!
 //! **Durability.** Once `settle` or `record_spend` has returned `Ok`, the change is committed to
 //! the SQLite write-ahead log:
@@ -118,7 +124,14 @@ CREATE TABLE IF NOT EXISTS spend_log (
     stream INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spend_log_time_ms ON spend_log (time_ms);
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    key TEXT PRIMARY KEY NOT NULL,
+    tat_us INTEGER NOT NULL
+);
 ";
+
+/// How often (policy clock) changed rate buckets are written, at most.
+const BUCKET_FLUSH_MS: i64 = 1_000;
 
 const SPEND_COLUMNS: &str = "time_ms, request_id, subject, user, team, api_key, model, \
      upstream_model, provider, input_tokens, cached_input_tokens, output_tokens, cost_nanos, \
@@ -196,7 +209,13 @@ impl EmbeddedStore {
             })?;
         }
 
+        // Files made before rate buckets were kept have no table for them yet.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY NOT NULL, tat_us INTEGER NOT NULL);",
+        )
+        .map_err(|e| sqlite_error(path, "cannot create tables", e))?;
         let counters = load_counters(&conn, path)?;
+        let buckets = load_buckets(&conn, path)?;
         let reader = Reader::open(path)?;
 
         let (sender, receiver) = mpsc::channel();
@@ -216,7 +235,9 @@ impl EmbeddedStore {
             mode: Mode::Owner {
                 state: Box::new(Mutex::new(State {
                     counters,
-                    buckets: HashMap::new(),
+                    buckets,
+                    buckets_dirty: false,
+                    next_bucket_flush_ms: i64::MIN,
                     settled: HashMap::new(),
                     next_sweep_ms: i64::MIN,
                     writer: Some(sender),
@@ -299,6 +320,10 @@ impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         if let Mode::Owner { state, writer, .. } = &mut self.mode {
             let state = state.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            state.flush_buckets(now_ms, true);
             state.writer = None;
             if let Some(writer) = writer.take() {
                 let _ = writer.join();
@@ -315,7 +340,9 @@ impl Store for EmbeddedStore {
 
     async fn admit(&self, admission: &Admission) -> Result<AdmissionOutcome, StoreError> {
         let mut state = self.owner_state("admit")?;
-        Ok(state.admit(admission))
+        let outcome = state.admit(admission);
+        state.flush_buckets(admission.now_ms, false);
+        Ok(outcome)
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError> {
@@ -386,6 +413,10 @@ struct State {
     counters: HashMap<String, Counter>,
     /// Rate key -> theoretical arrival time (µs since the epoch).
     buckets: HashMap<String, i64>,
+    /// Buckets changed since they were last queued for writing.
+    buckets_dirty: bool,
+    /// The policy time at or after which changed buckets are queued again.
+    next_bucket_flush_ms: i64,
     /// Reservation id -> its settlement, remembered so that settling it again changes nothing.
     settled: HashMap<String, Settled>,
     /// The policy time at or after which the next admission sweeps.
@@ -578,6 +609,7 @@ impl State {
             }
             for (key, tat) in new_tats {
                 self.buckets.insert(key.to_string(), tat);
+                self.buckets_dirty = true;
             }
         }
         // Admitted: the state left; refused: the state found (nothing changed).
@@ -646,6 +678,7 @@ impl State {
             let tat = self.tat(&settle.key).unwrap_or(now_us).max(now_us);
             self.buckets
                 .insert(settle.key.clone(), tat.saturating_add(settle.adjust_us));
+            self.buckets_dirty = true;
         }
         self.settled.insert(
             settlement.reservation.0.clone(),
@@ -719,6 +752,30 @@ impl State {
         }
     }
 
+    /// Queues the rate buckets still running for writing (nobody waits for it), at most once per
+    /// [`BUCKET_FLUSH_MS`] unless `now`; a crash loses at most that much of their changes.
+    fn flush_buckets(&mut self, now_ms: i64, now: bool) {
+        if !self.buckets_dirty || (!now && now_ms < self.next_bucket_flush_ms) {
+            return;
+        }
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let now_us = now_ms.saturating_mul(1000);
+        let running = self
+            .buckets
+            .iter()
+            .filter(|(_, tat)| **tat > now_us)
+            .map(|(key, tat)| (key.clone(), *tat))
+            .collect();
+        let _ = writer.send(Job {
+            work: Work::Buckets(running),
+            reply: None,
+        });
+        self.buckets_dirty = false;
+        self.next_bucket_flush_ms = now_ms.saturating_add(BUCKET_FLUSH_MS);
+    }
+
     /// Queues a write; the receiver answers once it is committed (or failed).
     fn queue(
         &self,
@@ -753,6 +810,8 @@ enum Work {
     Forget {
         before_ms: i64,
     },
+    /// Every running rate bucket (key, TAT in µs), replacing those on disk.
+    Buckets(Vec<(String, i64)>),
 }
 
 struct CounterRow {
@@ -862,6 +921,7 @@ impl Work {
             Work::Counters(_) => "cannot store spent amounts",
             Work::Spend(_) => "cannot append to the spend log",
             Work::Forget { .. } => "cannot delete ended counters",
+            Work::Buckets(_) => "cannot store rate buckets",
         }
     }
 }
@@ -917,6 +977,15 @@ fn write_work(conn: &Connection, work: &Work) -> rusqlite::Result<()> {
                 "DELETE FROM counters WHERE window_end_ms IS NOT NULL AND window_end_ms < ?1",
             )?
             .execute([before_ms])?;
+        }
+        Work::Buckets(buckets) => {
+            conn.prepare_cached("DELETE FROM rate_buckets")?
+                .execute([])?;
+            let mut insert =
+                conn.prepare_cached("INSERT INTO rate_buckets (key, tat_us) VALUES (?1, ?2)")?;
+            for (key, tat_us) in buckets {
+                insert.execute((key, tat_us))?;
+            }
         }
     }
     Ok(())
@@ -999,6 +1068,15 @@ fn load_counters(conn: &Connection, path: &Path) -> Result<HashMap<String, Count
         rows.collect()
     };
     read().map_err(|e| row_error(path, "cannot load counters", e))
+}
+
+fn load_buckets(conn: &Connection, path: &Path) -> Result<HashMap<String, i64>, StoreError> {
+    let read = || -> rusqlite::Result<HashMap<String, i64>> {
+        let mut select = conn.prepare("SELECT key, tat_us FROM rate_buckets")?;
+        let rows = select.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect()
+    };
+    read().map_err(|e| row_error(path, "cannot load rate buckets", e))
 }
 
 fn read_counters(
@@ -1423,7 +1501,7 @@ mod tests {
         // Reserved but never settled: the request dies with the process.
         let pending = admission(now + 4, vec![charge("total", 1_000, 500, None)], vec![]);
         admit_ok(&store, &pending).await;
-        // A full rate bucket, to be empty after the restart.
+        // A full rate bucket, still full after the restart.
         let rate = RateCharge {
             key: "rate".to_string(),
             cost_us: 60_000_000,
@@ -1463,19 +1541,40 @@ mod tests {
             store.spend(&SpendQuery::default()).await.expect("spend"),
             records
         );
+        // The rate bucket was kept: a minute's allowance is not handed out again.
+        let refused = store
+            .admit(&admission(now + 5, vec![], vec![rate.clone()]))
+            .await
+            .expect("admit");
+        assert_eq!(
+            refused.refused,
+            Some(Refusal::Rate(0)),
+            "the bucket survived"
+        );
+        assert_eq!(
+            refused.rates,
+            vec![RateState {
+                backlog_us: 60_000_000 - 5_000
+            }]
+        );
         // The pending reservation's 500 is gone: 127 + 873 fits the limit of 1000 exactly.
         let outcome = admit_ok(
             &store,
-            &admission(now + 5, vec![charge("total", 1_000, 873, None)], vec![rate]),
+            &admission(now + 5, vec![charge("total", 1_000, 873, None)], vec![]),
         )
         .await;
         assert_eq!(outcome.budgets, vec![state(127, 873)]);
+        drop(store);
+        // A bucket that has drained by the next start is not kept.
+        let store = open_in(&dir);
+        let later = admission(now + 61_000, vec![], vec![rate]);
+        let outcome = admit_ok(&store, &later).await;
         assert_eq!(
             outcome.rates,
             vec![RateState {
                 backlog_us: 60_000_000
             }],
-            "the rate bucket starts empty"
+            "the drained bucket starts empty"
         );
     }
 

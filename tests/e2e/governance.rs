@@ -413,6 +413,8 @@ async fn a_restart_loses_no_spend() {
         &format!(
             "{store}  budgets:
     - {{ name: global, scope: '\"global\"', tokens: 10000, window: month }}
+  rate_limits:
+    - {{ name: per-minute, scope: '\"global\"', requests_per_minute: 10 }}
 "
         ),
         "",
@@ -449,6 +451,13 @@ async fn a_restart_loses_no_spend() {
         10_000 - 5 * 11 - 19,
         "spend from before the restart"
     );
+    // The rate bucket came back too (written at most a second late, so at least the first
+    // request's share survived kill -9): no fresh minute of requests after a restart.
+    let left: u64 = header(&response, "x-ratelimit-remaining-requests")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4..=8).contains(&left), "{left} requests left of 10");
     wait_for_records(&config.path, "6 records", |r| r.len() == 6);
 }
 
