@@ -21,6 +21,8 @@ const SPEND_BATCH: usize = 512;
 /// Attempts of one settlement or spend-log write before it is given up (and logged whole).
 const WRITE_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(100);
+/// How often spend records beyond their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Counters of the governance runtime, exported as Prometheus text.
 #[derive(Debug, Default)]
@@ -135,11 +137,15 @@ impl std::fmt::Debug for GovernanceRuntime {
 }
 
 impl GovernanceRuntime {
-    /// Starts the spend-log writer on the current tokio runtime.
-    pub fn start(store: Arc<dyn Store>) -> Arc<GovernanceRuntime> {
+    /// Starts the spend-log writer on the current tokio runtime, and with a `retention`, a task
+    /// that deletes older spend records now and every ten minutes.
+    pub fn start(store: Arc<dyn Store>, retention: Option<Duration>) -> Arc<GovernanceRuntime> {
         let stats = Arc::new(GovernanceStats::default());
         let (spend, inbox) = mpsc::channel(SPEND_QUEUE);
         tokio::spawn(write_spend_log(store.clone(), inbox, stats.clone()));
+        if let Some(retention) = retention {
+            tokio::spawn(prune_spend_log(store.clone(), retention));
+        }
         Arc::new(GovernanceRuntime {
             store,
             settlements: TaskTracker::new(),
@@ -247,6 +253,22 @@ async fn settle_with_retries(store: &dyn Store, settlement: &Settlement, stats: 
     }
     stats.settlements_lost.fetch_add(1, Ordering::Relaxed);
     tracing::error!(settlement = ?settlement, "settlement given up after {WRITE_ATTEMPTS} attempts");
+}
+
+/// Deletes spend records older than `retention`, now and every [`PRUNE_EVERY`].
+async fn prune_spend_log(store: Arc<dyn Store>, retention: Duration) {
+    let mut ticks = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        ticks.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let before_ms = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+        match store.prune_spend(before_ms).await {
+            Ok(()) => tracing::debug!(before_ms, "spend log pruned"),
+            Err(error) => tracing::warn!(%error, "spend log not pruned; trying again later"),
+        }
+    }
 }
 
 /// Writes queued spend records in batches until every sender is gone.

@@ -1130,7 +1130,7 @@ governance:
             gantry_policy::config::StoreDurability::Normal,
         )
         .unwrap();
-        let runtime = GovernanceRuntime::start(Arc::new(store));
+        let runtime = GovernanceRuntime::start(Arc::new(store), None);
         let stream = HttpStream::new(snapshot.clone(), Some(runtime.clone()));
         (stream, runtime, snapshot)
     }

@@ -139,7 +139,7 @@ impl Services {
                     policy.rate_limit_count(),
                     store.kind()
                 );
-                Some(GovernanceRuntime::start(store))
+                Some(GovernanceRuntime::start(store, policy.spend_log_retention))
             }
             None => None,
         };

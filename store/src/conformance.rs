@@ -50,6 +50,7 @@ pub(crate) async fn run_all(store: &dyn Store, prefix: &str) {
     concurrent_admissions_respect_limit(store, prefix).await;
     rate_buckets_follow_gcra(store, prefix).await;
     spend_log_round_trips(store, prefix).await;
+    spend_log_prunes_old_records(store, prefix).await;
     unknown_counters_read_zero(store, prefix).await;
     settling_twice_charges_once(store, prefix).await;
 }
@@ -986,4 +987,52 @@ pub(crate) async fn settling_twice_charges_once(store: &dyn Store, prefix: &str)
     settle(store, &last).await;
     settle(store, &last).await;
     assert_eq!(counters(store, &[&b]).await, vec![state(80, 0, 0, 0)]);
+}
+
+/// 9b. Pruning deletes the records from before a time and keeps the others, every field intact.
+pub(crate) async fn spend_log_prunes_old_records(store: &dyn Store, prefix: &str) {
+    let now = now_ms();
+    let day = 86_400_000;
+    let tag = format!("{prefix}prune:");
+    let record = |time_ms: i64, n: u64| SpendRecord {
+        time_ms,
+        request_id: format!("{tag}{n}"),
+        subject: String::new(),
+        user: String::new(),
+        team: String::new(),
+        api_key: String::new(),
+        model: "m".to_string(),
+        upstream_model: String::new(),
+        provider: String::new(),
+        input_tokens: n,
+        cached_input_tokens: 0,
+        output_tokens: n,
+        cost_nanos: n as i64,
+        status: 200,
+        outcome: SpendOutcome::Ok,
+        latency_ms: 1,
+        stream: false,
+    };
+    let old = [record(now - 30 * day, 1), record(now - 8 * day, 2)];
+    let recent = [record(now - day, 3), record(now, 4)];
+    for batch in [&old[..], &recent[..]] {
+        if let Err(e) = store.record_spend(batch).await {
+            panic!("record_spend failed: {e}");
+        }
+    }
+    if let Err(e) = store.prune_spend(now - 7 * day).await {
+        panic!("prune_spend failed: {e}");
+    }
+    let left: Vec<SpendRecord> = match store.spend(&SpendQuery::default()).await {
+        Ok(records) => records
+            .into_iter()
+            .filter(|r| r.request_id.starts_with(&tag))
+            .collect(),
+        Err(e) => panic!("spend failed: {e}"),
+    };
+    assert_eq!(
+        left,
+        recent.to_vec(),
+        "only the records of the last 7 days stay"
+    );
 }

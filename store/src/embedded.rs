@@ -377,6 +377,13 @@ impl Store for EmbeddedStore {
         self.written(reply).await
     }
 
+    async fn prune_spend(&self, before_ms: i64) -> Result<(), StoreError> {
+        let reply = self
+            .owner_state("prune the spend log")?
+            .queue(&self.path, Work::PruneSpend { before_ms })?;
+        self.written(reply).await
+    }
+
     async fn spend(&self, query: &SpendQuery) -> Result<Vec<SpendRecord>, StoreError> {
         let query = *query;
         self.reader()
@@ -812,6 +819,10 @@ enum Work {
     },
     /// Every running rate bucket (key, TAT in µs), replacing those on disk.
     Buckets(Vec<(String, i64)>),
+    /// Deletes spend records from before `before_ms`.
+    PruneSpend {
+        before_ms: i64,
+    },
 }
 
 struct CounterRow {
@@ -922,6 +933,7 @@ impl Work {
             Work::Spend(_) => "cannot append to the spend log",
             Work::Forget { .. } => "cannot delete ended counters",
             Work::Buckets(_) => "cannot store rate buckets",
+            Work::PruneSpend { .. } => "cannot prune the spend log",
         }
     }
 }
@@ -977,6 +989,10 @@ fn write_work(conn: &Connection, work: &Work) -> rusqlite::Result<()> {
                 "DELETE FROM counters WHERE window_end_ms IS NOT NULL AND window_end_ms < ?1",
             )?
             .execute([before_ms])?;
+        }
+        Work::PruneSpend { before_ms } => {
+            conn.prepare_cached("DELETE FROM spend_log WHERE time_ms < ?1")?
+                .execute([before_ms])?;
         }
         Work::Buckets(buckets) => {
             conn.prepare_cached("DELETE FROM rate_buckets")?
@@ -1442,6 +1458,12 @@ mod tests {
     async fn conformance_spend_log_round_trips() {
         let (_dir, store) = fresh();
         conformance::spend_log_round_trips(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_spend_log_prunes_old_records() {
+        let (_dir, store) = fresh();
+        conformance::spend_log_prunes_old_records(&store, "t:").await;
     }
 
     #[tokio::test]

@@ -58,6 +58,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends records to the spend log.
     async fn record_spend(&self, records: &[SpendRecord]) -> Result<(), StoreError>;
 
+    /// Deletes spend-log records whose `time_ms` is before `before_ms` (retention). Redis looks
+    /// for them near the head of its list (records are appended in about time order): one
+    /// written after a thousand newer ones waits for a later prune.
+    async fn prune_spend(&self, before_ms: i64) -> Result<(), StoreError>;
+
     /// Reads the spend log, oldest first.
     async fn spend(&self, query: &SpendQuery) -> Result<Vec<SpendRecord>, StoreError>;
 

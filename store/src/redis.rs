@@ -19,7 +19,7 @@
 //! | `P:held:K` | hash | `n:<id>`, `t:<id>`: the amounts reservation `<id>` holds on `K` | with `P:lease:K` |
 //! | `P:rate:K` | string | the GCRA bucket's TAT, µs since the epoch | once idle, after one more period |
 //! | `P:settled:R` | string | `1`: reservation `R` ([`Settlement::reservation`]) was settled | 1 hour after its settlement (`SETTLED_TTL_MS`) |
-//! | `P:spend` | list | the spend log: one JSON [`SpendRecord`] per element, in write order | never |
+//! | `P:spend` | list | the spend log: one JSON [`SpendRecord`] per element, in write order | never; [`Store::prune_spend`] deletes old records near its head |
 //!
 //! `reserved_*` is always the sum of the amounts in `P:held:K` of the ids in `P:lease:K`. An
 //! admission first drops the reservations of its counters whose lease ended (score ≤ now) and
@@ -105,6 +105,10 @@ const SPEND_PAGE: isize = 1_000;
 const ADMIT_LUA: &str = include_str!("redis/admit.lua");
 const SETTLE_LUA: &str = include_str!("redis/settle.lua");
 const COUNTERS_LUA: &str = include_str!("redis/counters.lua");
+const PRUNE_LUA: &str = include_str!("redis/prune.lua");
+/// Spend records one pruning script looks at (so Redis is never blocked for long): old records
+/// are found among the first this many of the list, repeatedly while it finds some.
+const PRUNE_BATCH: i64 = 1_000;
 
 /// Budget counters, rate buckets and the spend log in a Redis shared by every replica.
 pub struct RedisStore {
@@ -123,6 +127,7 @@ pub struct RedisStore {
     admit_script: Script,
     settle_script: Script,
     counters_script: Script,
+    prune_script: Script,
 }
 
 /// A failed connection attempt, shared with the calls that waited for it.
@@ -204,6 +209,7 @@ impl RedisStore {
             admit_script: Script::new(ADMIT_LUA),
             settle_script: Script::new(SETTLE_LUA),
             counters_script: Script::new(COUNTERS_LUA),
+            prune_script: Script::new(PRUNE_LUA),
         })
     }
 
@@ -517,6 +523,23 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn prune_spend(&self, before_ms: i64) -> Result<(), StoreError> {
+        loop {
+            let mut invocation = self.prune_script.prepare_invoke();
+            invocation
+                .key(self.spend_key())
+                .arg(before_ms)
+                .arg(PRUNE_BATCH);
+            let (removed, looked_at): (i64, i64) = self
+                .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+                .await?;
+            // Done when the window held nothing old, or was the whole list.
+            if removed == 0 || looked_at < PRUNE_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
     async fn spend(&self, query: &SpendQuery) -> Result<Vec<SpendRecord>, StoreError> {
         let key = self.spend_key();
         let lines: Vec<Vec<u8>> = self
@@ -764,6 +787,12 @@ mod tests {
     async fn conformance_spend_log_round_trips() {
         let redis = RedisServer::start();
         conformance::spend_log_round_trips(&store(&redis), "c:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_spend_log_prunes_old_records() {
+        let redis = RedisServer::start();
+        conformance::spend_log_prunes_old_records(&store(&redis), "c:").await;
     }
 
     #[tokio::test]

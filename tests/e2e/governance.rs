@@ -813,3 +813,54 @@ async fn audit_budgets_count_overruns_but_never_refuse() {
     let records = wait_for_records(&config.path, "3 records", |r| r.len() == 3);
     assert_eq!(outcome_count(&records, "ok"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_records_beyond_their_retention_are_deleted() {
+    use gantry_policy::governance::ledger::{SpendOutcome, SpendRecord};
+    use gantry_store::Store;
+
+    let mock = start_mock("alpha", None).await;
+    let (store_dir, store) = embedded_store();
+    // A store with a 40-day-old record and a 1-hour-old one, as an earlier run left it.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let record = |age_ms: i64, id: &str| SpendRecord {
+        time_ms: now - age_ms,
+        request_id: id.to_string(),
+        subject: String::new(),
+        user: String::new(),
+        team: String::new(),
+        api_key: String::new(),
+        model: "m-alpha".into(),
+        upstream_model: "alpha-1".into(),
+        provider: "alpha".into(),
+        input_tokens: 1,
+        cached_input_tokens: 0,
+        output_tokens: 1,
+        cost_nanos: 3_000_000,
+        status: 200,
+        outcome: SpendOutcome::Ok,
+        latency_ms: 1,
+        stream: false,
+    };
+    {
+        let file = gantry_store::EmbeddedStore::open(
+            &store_dir.path().join("gantry.db"),
+            gantry_policy::config::StoreDurability::Normal,
+        )
+        .expect("open the store");
+        file.record_spend(&[record(40 * 86_400_000, "old"), record(3_600_000, "recent")])
+            .await
+            .expect("seed the spend log");
+    }
+    let config = GovernedConfig::new(
+        &mock.base_url(),
+        &format!("{store}  spend_log: {{ retention_days: 30 }}\n"),
+        "",
+    );
+    let _stack = config.start(vec![]).await;
+    let records = wait_for_records(&config.path, "the old record pruned at start", |r| {
+        r.iter().all(|r| r["request_id"] != "old")
+    });
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["request_id"], "recent");
+}

@@ -398,11 +398,17 @@ pub struct SpendLogSection {
     /// Record every LLM request (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Delete records older than this many days (default: keep them all).
+    #[serde(default)]
+    pub retention_days: Option<u64>,
 }
 
 impl Default for SpendLogSection {
     fn default() -> Self {
-        SpendLogSection { enabled: true }
+        SpendLogSection {
+            enabled: true,
+            retention_days: None,
+        }
     }
 }
 
@@ -556,6 +562,15 @@ impl GovernanceSection {
                 0,
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(days) = self.spend_log.retention_days {
+            if days == 0 || days > 100_000 {
+                issues.push(issue(
+                    "governance.spend_log.retention_days",
+                    0,
+                    "must be between 1 and 100000 days".into(),
+                ));
+            }
         }
         if self.estimates.reservation_lease_secs == Some(0) {
             issues.push(issue(
@@ -1005,5 +1020,19 @@ governance:
         );
         let err = problems("  store:\n    path: x.db\n");
         assert!(err.contains("kind"), "{err}");
+    }
+
+    #[test]
+    fn spend_log_retention_is_at_least_a_day() {
+        assert_problems(
+            "  spend_log: { retention_days: 0 }\n",
+            &["governance.spend_log.retention_days: must be between 1 and 100000 days"],
+        );
+        let text = config("  spend_log: { retention_days: 30 }\n");
+        let parsed = ConfigFile::parse(&text).expect("valid");
+        assert_eq!(
+            parsed.governance.unwrap().spend_log.retention_days,
+            Some(30)
+        );
     }
 }

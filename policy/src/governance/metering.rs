@@ -77,6 +77,8 @@ pub struct GovernancePolicy {
     lease_ms: i64,
     pub failure_modes: GovernanceFailureModes,
     pub spend_log: bool,
+    /// How long spend records are kept, when limited.
+    pub spend_log_retention: Option<std::time::Duration>,
     pub store: StoreSection,
 }
 
@@ -183,6 +185,10 @@ impl GovernancePolicy {
             lease_ms: (section.reservation_lease_secs() as i64).saturating_mul(1000),
             failure_modes: section.failure_mode,
             spend_log: section.spend_log.enabled,
+            spend_log_retention: section
+                .spend_log
+                .retention_days
+                .map(|days| std::time::Duration::from_secs(days.saturating_mul(86_400))),
             store: section.store.clone(),
         })
     }
