@@ -255,15 +255,19 @@ async fn settle_with_retries(store: &dyn Store, settlement: &Settlement, stats: 
     tracing::error!(settlement = ?settlement, "settlement given up after {WRITE_ATTEMPTS} attempts");
 }
 
+/// The governance clock: ms since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Deletes spend records older than `retention`, now and every [`PRUNE_EVERY`].
 async fn prune_spend_log(store: Arc<dyn Store>, retention: Duration) {
     let mut ticks = tokio::time::interval(PRUNE_EVERY);
     loop {
         ticks.tick().await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let before_ms = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+        let before_ms = now_ms().saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
         match store.prune_spend(before_ms).await {
             Ok(()) => tracing::debug!(before_ms, "spend log pruned"),
             Err(error) => tracing::warn!(%error, "spend log not pruned; trying again later"),

@@ -31,7 +31,7 @@ use gantry_policy::{
     Snapshot, StreamAccountant, Usage,
 };
 
-use crate::governance::GovernanceRuntime;
+use crate::governance::{now_ms, GovernanceRuntime};
 
 /// The dynamic metadata namespace Gantry writes (Envoy must list it in `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "gantry";
@@ -111,31 +111,6 @@ impl MeteredRequest {
         );
         self.governance.finish(settlement, record);
     }
-
-    /// What the request is billed when the provider's usage is not known: the estimate (its
-    /// input, and its output bound, or what was seen of the output).
-    fn estimated(&self, observed_output: Option<u64>) -> TokenCounts {
-        TokenCounts {
-            input: self.metering.estimate.input_tokens,
-            cached_input: 0,
-            output: observed_output.unwrap_or(self.metering.estimate.output_tokens),
-        }
-    }
-}
-
-fn billed(usage: Usage) -> TokenCounts {
-    TokenCounts {
-        input: usage.prompt_tokens,
-        cached_input: usage.cached_tokens,
-        output: usage.completion_tokens,
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Bodies above this size are estimated (tokenized) on a blocking thread, off the runtime.
@@ -145,8 +120,10 @@ const BLOCKING_ESTIMATE_BYTES: usize = 64 * 1024;
 /// leaves the admitted principal (Envoy forwards it with `forwarding_namespaces`).
 pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
-/// The caller ext_authz admitted, read from its dynamic metadata.
-fn caller_from_metadata(metadata: Option<&Metadata>) -> Caller {
+/// The caller ext_authz admitted, read from its dynamic metadata: what every request needs
+/// (subject, team, model allow-list), and with `for_scopes` the rest that governance scopes
+/// read (user, key, method, issuer, labels, JWT claims).
+fn caller_from_metadata(metadata: Option<&Metadata>, for_scopes: bool) -> Caller {
     let Some(fields) = metadata
         .and_then(|m| m.filter_metadata.get(EXT_AUTHZ_NAMESPACE))
         .map(|s| &s.fields)
@@ -169,6 +146,14 @@ fn caller_from_metadata(metadata: Option<&Metadata>) -> Caller {
         ),
         _ => None,
     };
+    if !for_scopes {
+        return Caller {
+            subject: text("subject"),
+            team: text("team"),
+            allowed_models,
+            ..Caller::default()
+        };
+    }
     let labels = match fields.get("labels").and_then(|v| v.kind.as_ref()) {
         Some(Kind::StructValue(labels)) => labels
             .fields
@@ -229,7 +214,7 @@ fn protobuf_to_json(value: &Value) -> serde_json::Value {
     }
 }
 
-/// What the request head told us that later steps need.
+/// What the request head told the metering (filled only under a governance policy).
 #[derive(Default)]
 struct RequestHead {
     method: String,
@@ -264,7 +249,10 @@ impl HttpStream {
     pub async fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
         match message.request {
             Some(Request::RequestHeaders(headers)) => {
-                self.caller = caller_from_metadata(message.metadata_context.as_ref());
+                self.caller = caller_from_metadata(
+                    message.metadata_context.as_ref(),
+                    self.snapshot.governance.is_some(),
+                );
                 self.on_request_headers(&headers)
             }
             Some(Request::RequestBody(body)) => self.on_request_body(&body).await,
@@ -303,21 +291,19 @@ impl HttpStream {
                 immediate(&reply)
             }
             HeadDecision::ReadBody(api) => {
-                let keep_headers = self
-                    .snapshot
-                    .governance
-                    .as_ref()
-                    .is_some_and(|g| g.uses_request());
-                self.head = RequestHead {
-                    method: method.to_string(),
-                    path: path.split('?').next().unwrap_or("").to_string(),
-                    request_id: header(map, "x-request-id").unwrap_or("").to_string(),
-                    headers: if keep_headers {
-                        all_headers(map)
-                    } else {
-                        Vec::new()
-                    },
-                };
+                // Kept for the metering of the request only.
+                if let Some(policy) = &self.snapshot.governance {
+                    self.head = RequestHead {
+                        method: method.to_string(),
+                        path: path.split('?').next().unwrap_or("").to_string(),
+                        request_id: header(map, "x-request-id").unwrap_or("").to_string(),
+                        headers: if policy.uses_request() {
+                            all_headers(map)
+                        } else {
+                            Vec::new()
+                        },
+                    };
+                }
                 self.phase = Phase::AwaitingBody(api);
                 respond(Response::RequestHeaders(HeadersResponse::default()))
             }
@@ -605,8 +591,8 @@ impl HttpStream {
             if let Some(metered) = exchange.metered.take() {
                 if success {
                     // Success without a readable usage: bill the estimate.
-                    let estimate = metered.estimated(None);
-                    metered.finish(Some(estimate), status, SpendOutcome::Ok);
+                    let billed = metered.metering.billed_tokens(None, None);
+                    metered.finish(Some(billed), status, SpendOutcome::Ok);
                 } else {
                     // Providers do not bill refused or failed requests.
                     metered.finish(None, status, SpendOutcome::UpstreamError);
@@ -651,7 +637,7 @@ impl HttpStream {
                     fields.extend(usage_fields(u));
                 }
                 if let Some(metered) = exchange.metered.take() {
-                    let tokens = usage.map(billed).unwrap_or_else(|| metered.estimated(None));
+                    let tokens = metered.metering.billed_tokens(usage, None);
                     let cost = metered.metering.cost(&tokens);
                     if metered.metering.price.is_some() {
                         set_headers.push(set_header(COST_HEADER, &format_usd(cost)));
@@ -689,9 +675,7 @@ impl HttpStream {
                     let mut fields: Vec<(&str, Value)> =
                         usage.map(usage_fields).into_iter().flatten().collect();
                     if let Some(metered) = exchange.metered.take() {
-                        let tokens = usage
-                            .map(billed)
-                            .unwrap_or_else(|| metered.estimated(Some(observed)));
+                        let tokens = metered.metering.billed_tokens(usage, Some(observed));
                         let cost = metered.metering.cost(&tokens);
                         fields.extend(cost_fields(&metered, cost));
                         metered.finish(Some(tokens), status, SpendOutcome::Ok);
@@ -728,7 +712,7 @@ impl Drop for HttpStream {
             ResponseBody::Streamed(accountant) => accountant.text_events(),
             _ => 0,
         };
-        let tokens = metered.estimated(Some(observed));
+        let tokens = metered.metering.billed_tokens(None, Some(observed));
         // 499: nginx's "client closed request", the usual code for it in access logs.
         let status = exchange.status.unwrap_or(499);
         tracing::info!(
@@ -752,20 +736,13 @@ fn plan_metering(
     body: &[u8],
     now: i64,
 ) -> Result<Metering, Box<LocalReply>> {
-    #[derive(serde::Deserialize)]
-    struct EndUser<'a> {
-        #[serde(borrow, default)]
-        user: Option<std::borrow::Cow<'a, str>>,
-    }
-    let end_user = serde_json::from_slice::<EndUser>(body)
-        .ok()
-        .and_then(|u| u.user);
     let facts = ScopeFacts {
         caller,
         model: &route.alias,
         provider: &route.provider.name,
         upstream_model: &route.upstream_model,
-        end_user: end_user.as_deref(),
+        // Read from the body by the policy, which parses it once.
+        end_user: None,
         method,
         path,
         headers,

@@ -20,7 +20,8 @@
 //!
 //! Counters whose window ended more than an hour ago (by the policy's clock) are forgotten,
 //! in memory and on disk, by a sweep that admissions run at most once a minute; a new window is a
-//! new key, so nothing still in use is lost. The spend log is never pruned by the store.
+//! new key, so nothing still in use is lost. The spend log is pruned only by
+//! [`Store::prune_spend`] (the caller's retention).
 //!
 //! **Memory only: reservations.** Reservations (with their leases) are never written: they belong
 //! to requests of the running process, so a restart forgets them, which is correct because those
@@ -58,7 +59,7 @@
 //! forgets them, which is safe because a retry cannot outlive the process that made the first
 //! attempt (and a restart's memory is loaded from the file, which holds what was committed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -209,11 +210,10 @@ impl EmbeddedStore {
             })?;
         }
 
-        // Files made before rate buckets were kept have no table for them yet.
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY NOT NULL, tat_us INTEGER NOT NULL);",
-        )
-        .map_err(|e| sqlite_error(path, "cannot create tables", e))?;
+        // Every statement is `IF NOT EXISTS`: this adds tables that files made by an earlier
+        // version of the same layout lack (`rate_buckets`).
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| sqlite_error(path, "cannot create tables", e))?;
         let counters = load_counters(&conn, path)?;
         let buckets = load_buckets(&conn, path)?;
         let reader = Reader::open(path)?;
@@ -239,6 +239,7 @@ impl EmbeddedStore {
                     buckets_dirty: false,
                     next_bucket_flush_ms: i64::MIN,
                     settled: HashMap::new(),
+                    settled_expiry: VecDeque::new(),
                     next_sweep_ms: i64::MIN,
                     writer: Some(sender),
                 })),
@@ -426,6 +427,9 @@ struct State {
     next_bucket_flush_ms: i64,
     /// Reservation id -> its settlement, remembered so that settling it again changes nothing.
     settled: HashMap<String, Settled>,
+    /// The same ids in the order they expire (settlement times are about monotonic), so the
+    /// sweep pops the expired ones instead of walking an hour of settlements under the lock.
+    settled_expiry: VecDeque<(i64, String)>,
     /// The policy time at or after which the next admission sweeps.
     next_sweep_ms: i64,
     /// The writer thread's queue; `None` once the store is being dropped.
@@ -452,9 +456,8 @@ struct Reservation {
 }
 
 /// A settlement already applied to memory.
+/// When it is forgotten is in `State::settled_expiry`.
 struct Settled {
-    /// The sweep forgets it once the policy clock reaches this.
-    expires_ms: i64,
     /// The counters it charged are not known to be on disk (their write failed, is still
     /// queued, or its caller stopped waiting): a repeat writes their current values again.
     unwritten: bool,
@@ -687,13 +690,15 @@ impl State {
                 .insert(settle.key.clone(), tat.saturating_add(settle.adjust_us));
             self.buckets_dirty = true;
         }
+        let expires_ms = settlement.now_ms.saturating_add(SETTLED_MEMORY_MS);
         self.settled.insert(
             settlement.reservation.0.clone(),
             Settled {
-                expires_ms: settlement.now_ms.saturating_add(SETTLED_MEMORY_MS),
                 unwritten: !rows.is_empty(),
             },
         );
+        self.settled_expiry
+            .push_back((expires_ms, settlement.reservation.0.clone()));
         rows
     }
 
@@ -746,8 +751,15 @@ impl State {
         });
         let now_us = now_ms.saturating_mul(1000);
         self.buckets.retain(|_, tat| *tat > now_us);
-        self.settled
-            .retain(|_, settled| settled.expires_ms > now_ms);
+        // A settlement a little out of order waits behind a later one: kept a bit longer.
+        while let Some((expires_ms, _)) = self.settled_expiry.front() {
+            if *expires_ms > now_ms {
+                break;
+            }
+            if let Some((_, id)) = self.settled_expiry.pop_front() {
+                self.settled.remove(&id);
+            }
+        }
         if forgot_window {
             if let Some(writer) = &self.writer {
                 // Nobody waits for this write; a failure is logged by the writer.
@@ -1202,7 +1214,6 @@ fn sqlite_message(path: &Path, what: &str, error: &rusqlite::Error) -> String {
     format!("{}: {what}: {error}", path.display())
 }
 
-/// An SQLite error: `Corrupt` when the file is not a (readable) database, else `Unavailable`.
 /// Locks `<path>.lock` exclusively (an advisory `flock`, released when the process exits, even
 /// by `kill -9`), so that a second Gantry process cannot own the same file and overwrite the
 /// first one's counters.
@@ -1237,6 +1248,7 @@ fn take_owner_lock(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
+/// An SQLite error: `Corrupt` when the file is not a (readable) database, else `Unavailable`.
 fn sqlite_error(path: &Path, what: &str, error: rusqlite::Error) -> StoreError {
     let message = sqlite_message(path, what, &error);
     match error.sqlite_error_code() {
@@ -2021,5 +2033,43 @@ mod tests {
         );
         drop(first);
         EmbeddedStore::open(&path, StoreDurability::Normal).expect("free again");
+    }
+
+    /// A settlement's rate adjustment, not yet written by an admission's periodic flush, is
+    /// written when the store is dropped and comes back at the next open.
+    #[tokio::test]
+    async fn dropping_the_store_writes_the_last_bucket_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let now = now_ms();
+        let full_minute = gantry_policy::governance::ledger::RateCharge {
+            key: "drop-flush".to_string(),
+            cost_us: 60_000_000,
+            period_us: 60_000_000,
+        };
+        // Written at once: the first flush is due immediately.
+        let first = admission(now, vec![], vec![full_minute.clone()]);
+        admit_ok(&store, &first).await;
+        // Half of it given back; no admission follows to flush it.
+        let give_back = Settlement {
+            reservation: first.reservation.clone(),
+            now_ms: now,
+            budgets: vec![],
+            rates: vec![gantry_policy::governance::ledger::RateSettle {
+                key: "drop-flush".to_string(),
+                adjust_us: -30_000_000,
+                period_us: 60_000_000,
+            }],
+        };
+        store.settle(&give_back).await.expect("settle");
+        drop(store);
+
+        let store = open_in(&dir);
+        let half_minute = gantry_policy::governance::ledger::RateCharge {
+            cost_us: 30_000_000,
+            ..full_minute
+        };
+        // Fits only if the given-back half reached the disk.
+        admit_ok(&store, &admission(now, vec![], vec![half_minute])).await;
     }
 }

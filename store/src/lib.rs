@@ -5,8 +5,8 @@
 //! [`gantry_policy::governance::ledger`]. Two implementations:
 //! - [`EmbeddedStore`]: one process, nothing to install. Counters live in memory and every
 //!   change to spent amounts is committed to a SQLite file (WAL) before the settlement returns,
-//!   so spend survives a restart. Reservations and rate buckets are in memory only: they belong
-//!   to requests of the running process.
+//!   so spend survives a restart; rate buckets are written at most a second late. Reservations
+//!   are in memory only: they belong to requests of the running process.
 //! - [`RedisStore`]: any number of Gantry replicas share one set of limits; each admission and
 //!   settlement is one Lua script, atomic on the Redis server.
 //!

@@ -47,8 +47,8 @@
 //!
 //! [`Store::record_spend`] appends with one `RPUSH`. [`Store::spend`] reads the whole list in
 //! pages of 1,000 and filters and sorts (stably, by `time_ms`) on the client: its cost
-//! grows with the log, and nothing trims the log yet; a log big enough to take longer than the
-//! timeout to read cannot be queried.
+//! grows with the log, which only [`Store::prune_spend`] trims (near its head); a log big enough
+//! to take longer than the timeout to read cannot be queried.
 //!
 //! # Connection
 //!

@@ -16,8 +16,6 @@
 //! (real cost − reserved cost); it is zero when every request sets `max_tokens` and the
 //! provider counts input as its tokenizer does.
 
-use std::sync::Arc;
-
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
@@ -35,6 +33,7 @@ use crate::config::{
     UnpricedModels,
 };
 use crate::openai_api::{LlmApi, LocalReply};
+use crate::usage::Usage;
 use crate::FailureMode;
 
 /// A rate limit's period: one minute, in microseconds.
@@ -206,11 +205,6 @@ impl GovernancePolicy {
         self.rates.len()
     }
 
-    /// The price of a model, if it has one.
-    pub fn price(&self, alias: &str, upstream_model: &str) -> Option<PricedBy> {
-        self.prices.lookup(alias, upstream_model)
-    }
-
     /// Whether some dollar budget exists (models then need prices).
     pub fn counts_dollars(&self) -> bool {
         self.budgets.iter().any(|b| b.limit_nanos.is_some())
@@ -225,6 +219,19 @@ impl GovernancePolicy {
         body: &[u8],
         now_ms: i64,
     ) -> Result<Metering, Box<LocalReply>> {
+        // The body is parsed whole at most once: for `llm.user` and for the estimate.
+        let mut object: Option<Map<String, Value>> = None;
+        let end_user: Option<String> = match facts.end_user {
+            None if self.uses.uses("llm") => parsed(&mut object, body)
+                .get("user")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        };
+        let facts = &ScopeFacts {
+            end_user: facts.end_user.or(end_user.as_deref()),
+            ..*facts
+        };
         let context = ScopeContext::new(facts, self.uses);
         let mut metering = Metering {
             reservation: ReservationId::random(),
@@ -256,7 +263,9 @@ impl GovernancePolicy {
                 });
             }
         }
-        let mut needs_tokens = !metering.budgets.is_empty();
+        // The estimate is reserved by budgets and token limits, and billed to a logged request
+        // whose reply carries no usage (or that the client aborted).
+        let mut needs_tokens = !metering.budgets.is_empty() || self.spend_log;
         for rate in &self.rates {
             if let Some(scope) = rate.template.evaluate(&context) {
                 for (kind, limit) in [
@@ -308,10 +317,9 @@ impl GovernancePolicy {
             }
         }
         if needs_tokens {
-            let object: Map<String, Value> = serde_json::from_slice(body).unwrap_or_default();
             metering.estimate = estimate_request(
                 api,
-                &object,
+                parsed(&mut object, body),
                 facts.upstream_model,
                 self.default_output_tokens,
             );
@@ -351,6 +359,12 @@ impl GovernancePolicy {
         }
         Ok(metering)
     }
+}
+
+/// The body's top-level object, parsed on first use (an unreadable body is an empty object:
+/// the OpenAI front door has already refused malformed JSON).
+fn parsed<'o>(object: &'o mut Option<Map<String, Value>>, body: &[u8]) -> &'o Map<String, Value> {
+    object.get_or_insert_with(|| serde_json::from_slice(body).unwrap_or_default())
 }
 
 fn clamp_i64(n: u64) -> i64 {
@@ -937,14 +951,24 @@ impl Metering {
         }
     }
 
-    /// The estimate as token counts (what an aborted request is charged for its input).
-    pub fn estimated_input_tokens(&self) -> u64 {
-        self.estimate.input_tokens
+    /// What a request that ended is billed: the provider's usage when the reply carried it;
+    /// otherwise the estimate, its input and, for output, what was seen of it (a stream, an
+    /// aborted request) or else the reserved bound.
+    pub fn billed_tokens(&self, usage: Option<Usage>, observed_output: Option<u64>) -> TokenCounts {
+        match usage {
+            Some(usage) => TokenCounts {
+                input: usage.prompt_tokens,
+                cached_input: usage.cached_tokens,
+                output: usage.completion_tokens,
+            },
+            None => TokenCounts {
+                input: self.estimate.input_tokens,
+                cached_input: 0,
+                output: observed_output.unwrap_or(self.estimate.output_tokens),
+            },
+        }
     }
 }
-
-/// A shared, compiled policy.
-pub type SharedGovernance = Arc<GovernancePolicy>;
 
 #[cfg(test)]
 mod tests;

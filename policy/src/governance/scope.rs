@@ -175,7 +175,8 @@ pub struct ScopeFacts<'a> {
     pub model: &'a str,
     pub provider: &'a str,
     pub upstream_model: &'a str,
-    /// The body's `user` field.
+    /// The body's `user` field; `None` lets [`GovernancePolicy::plan`](super::GovernancePolicy::plan)
+    /// read it from the body when a scope uses `llm`.
     pub end_user: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,

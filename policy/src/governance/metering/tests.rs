@@ -246,7 +246,38 @@ fn admission_charges_each_window_with_the_estimate() {
     let metering = plan(&policy, &caller());
     assert_eq!(metering.estimate.input_tokens, 9);
     assert_eq!(metering.estimate.output_tokens, 100);
-    assert_eq!(metering.estimated_input_tokens(), 9);
+    assert_eq!(metering.estimate.input_tokens, 9);
+    // Billed: the provider's usage when known, else the estimate (or the output seen).
+    let usage = crate::usage::Usage {
+        prompt_tokens: 12,
+        completion_tokens: 3,
+        total_tokens: 15,
+        cached_tokens: 4,
+    };
+    assert_eq!(
+        metering.billed_tokens(Some(usage), Some(1)),
+        TokenCounts {
+            input: 12,
+            cached_input: 4,
+            output: 3
+        }
+    );
+    assert_eq!(
+        metering.billed_tokens(None, None),
+        TokenCounts {
+            input: 9,
+            cached_input: 0,
+            output: 100
+        }
+    );
+    assert_eq!(
+        metering.billed_tokens(None, Some(2)),
+        TokenCounts {
+            input: 9,
+            cached_input: 0,
+            output: 2
+        }
+    );
     let price = metering.price.expect("gpt-4o-mini has a built-in price");
     assert_eq!(price.source, PriceSource::Builtin);
     assert_eq!(
@@ -1133,4 +1164,52 @@ fn a_request_larger_than_a_whole_budget_is_refused_before_the_store() {
             now(),
         )
         .is_ok());
+}
+
+#[test]
+fn the_end_user_is_read_from_the_body_for_llm_user_scopes() {
+    let per_user = policy(
+        r#"
+  budgets:
+    - { name: per-user, scope: '"user:" + llm.user', tokens: 100000, window: day }
+"#,
+    );
+    let body = r#"{"model":"fast","user":"bob","messages":[{"role":"user","content":"hello world"}],"max_tokens":100}"#;
+    let metering = per_user
+        .plan(
+            &facts(&caller(), "fast", "gpt-4o-mini"),
+            LlmApi::ChatCompletions,
+            body.as_bytes(),
+            now(),
+        )
+        .expect("planned");
+    assert_eq!(
+        metering.applied(),
+        vec!["budget per-user (user:bob)".to_string()]
+    );
+    // The same body parse feeds the estimate.
+    assert_eq!(metering.estimate.input_tokens, 9);
+    // Without a `user` field the scope does not apply.
+    assert!(!plan(&per_user, &caller()).needs_admission());
+}
+
+#[test]
+fn a_logged_request_without_budgets_is_still_estimated_for_its_billing() {
+    // Only a request rate limit applies: nothing reserves tokens, but a reply without usage
+    // (or an abort) is billed from the estimate in the spend log.
+    let rates_only = policy(
+        r#"
+  rate_limits:
+    - { name: per-key, scope: '"key:" + principal.key', requests_per_minute: 60 }
+"#,
+    );
+    let metering = plan(&rates_only, &caller());
+    assert_eq!(
+        metering.billed_tokens(None, Some(0)),
+        TokenCounts {
+            input: 9,
+            cached_input: 0,
+            output: 0
+        }
+    );
 }
