@@ -13,8 +13,9 @@
 //! output above the reserved output, which is `max_tokens` when the request sets it (the
 //! provider cannot exceed it) or `estimates.default_output_tokens` otherwise. So the overspend
 //! of a budget is at most the sum, over the requests in flight when it was reached, of
-//! (real cost − reserved cost); it is zero when every request sets `max_tokens` and the
-//! provider counts input as its tokenizer does.
+//! (real cost − reserved cost); it is zero when every request sets `max_tokens`, carries text
+//! only, and the provider counts input as its tokenizer does. Images, audio and files are
+//! estimated at a flat size (see [`super::estimate`]) and can cost more.
 
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
