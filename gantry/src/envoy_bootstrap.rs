@@ -31,6 +31,8 @@ const CATCH_ALL_ROUTE: &str = "gantry_catch_all";
 const NO_PROVIDER_CLUSTER: &str = "gantry_no_provider";
 /// The ext_authz gRPC cluster's name.
 pub const EXT_AUTHZ_CLUSTER: &str = "gantry_ext_authz";
+/// The MCP bridge's cluster (plain HTTP/1.1 on loopback).
+pub const MCP_BRIDGE_CLUSTER: &str = "gantry_mcp_bridge";
 /// The namespace Envoy's ext_authz filter writes the principal's dynamic metadata under.
 pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// Per-connection buffer (at least 32 MiB): bounds request bodies and the JSON replies that
@@ -81,6 +83,10 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
         grpc_cluster(EXT_PROC_CLUSTER, ext_proc),
         no_provider_cluster(),
     ];
+    if let Some(mcp) = &config.mcp {
+        routes.extend(mcp_routes(mcp.path()));
+        clusters.push(mcp_bridge_cluster(mcp.listen_addr()));
+    }
     if config.auth.is_some() {
         clusters.push(grpc_cluster(EXT_AUTHZ_CLUSTER, config.auth_addr()));
     }
@@ -454,6 +460,43 @@ fn provider_route(name: &str, endpoint: &ProviderEndpoint, timeout_secs: u64) ->
         },
         "route": route,
         "request_headers_to_remove": [ROUTING_HEADER],
+    })
+}
+
+/// The MCP path (and its virtual servers under `<path>/`) goes to the MCP bridge. ext_proc
+/// stays out of it (the bridge reads MCP itself); ext_authz still decides who may call. No
+/// route timeout: MCP answers may stream for as long as a tool runs (the bridge bounds each
+/// upstream call with the upstream's own timeout).
+fn mcp_routes(path: &str) -> Vec<Value> {
+    let per_route = json!({
+        "envoy.filters.http.ext_proc": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": true,
+        },
+    });
+    let route = json!({ "cluster": MCP_BRIDGE_CLUSTER, "timeout": "0s" });
+    vec![
+        json!({
+            "name": "mcp_bridge",
+            "match": { "path": path },
+            "route": route,
+            "typed_per_filter_config": per_route,
+        }),
+        json!({
+            "name": "mcp_bridge_virtual_servers",
+            "match": { "prefix": format!("{path}/") },
+            "route": route,
+            "typed_per_filter_config": per_route,
+        }),
+    ]
+}
+
+fn mcp_bridge_cluster(addr: std::net::SocketAddr) -> Value {
+    json!({
+        "name": MCP_BRIDGE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": load_assignment(MCP_BRIDGE_CLUSTER, &addr.ip().to_string(), addr.port()),
     })
 }
 

@@ -175,6 +175,32 @@ impl Services {
             }));
             tracing::info!("metrics served on http://{addr}/metrics");
         }
+        if let Some(section) = &config.mcp {
+            let addr = section.listen_addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (mcp.listen)"))?;
+            let settings = gantry_mcp_bridge::BridgeSettings::compile(
+                section,
+                Some(config.listen_addr()),
+                &|name| std::env::var(name).ok(),
+            );
+            let bridge = Arc::new(
+                gantry_mcp_bridge::Bridge::new(settings).context("cannot start the MCP bridge")?,
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services
+                .extra_tasks
+                .push(tokio::spawn(gantry_mcp_bridge::serve(
+                    listener,
+                    bridge,
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )));
+            tracing::info!("MCP bridge serving on http://{addr}{}", section.path());
+        }
         if let Some((listener, jwks)) = authz {
             let addr = listener.local_addr().ok();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -18,8 +18,10 @@ use crate::endpoint::ProviderEndpoint;
 
 mod auth;
 mod governance;
+mod mcp;
 pub use auth::*;
 pub use governance::*;
+pub use mcp::*;
 
 /// Where Envoy's admin interface listens unless the config says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -66,6 +68,9 @@ pub struct ConfigFile {
     /// Gantry's own Prometheus endpoint (`GET /metrics`). Off unless configured.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// The MCP bridge: one MCP endpoint federating many MCP servers. Off unless configured.
+    #[serde(default)]
+    pub mcp: Option<McpSection>,
 }
 
 /// Where Gantry serves `GET /metrics` (Prometheus text).
@@ -287,6 +292,17 @@ impl ConfigFile {
                 );
             }
         }
+        if let Some(mcp) = &self.mcp {
+            let line = mcp.listen.as_ref().map_or(0, |l| l.referenced.line());
+            let valid = mcp
+                .listen
+                .as_ref()
+                .is_none_or(|l| l.value.parse::<SocketAddr>().is_ok());
+            if valid {
+                claim_port(mcp.listen_addr(), "mcp.listen", line, &mut issues);
+            }
+            mcp.validate(&mut issues);
+        }
         if self.ext_proc.message_timeout_ms == Some(0) {
             issues.push(ConfigIssue {
                 path: "ext_proc.message_timeout_ms".into(),
@@ -500,7 +516,7 @@ impl ProviderSection {
     }
 }
 
-fn issue(path: &str, line: u64, message: String) -> ConfigIssue {
+pub(crate) fn issue(path: &str, line: u64, message: String) -> ConfigIssue {
     ConfigIssue {
         path: path.to_string(),
         line: (line > 0).then_some(line),

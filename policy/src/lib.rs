@@ -11,6 +11,7 @@ pub mod config;
 pub mod endpoint;
 pub mod governance;
 pub mod json_object;
+pub mod mcp;
 pub mod openai_api;
 pub mod snapshot;
 pub mod sse;

@@ -12,6 +12,7 @@ mod governance;
 mod interop;
 mod istio;
 mod llm_path;
+mod mcp_bridge;
 mod streaming;
 mod tls_upstream;
 

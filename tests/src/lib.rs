@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod gated_upstream;
 pub mod jwks_server;
 pub mod jwt;
+pub mod mcp_peers;
 pub mod redis_server;
 pub mod tls;
 

@@ -39,17 +39,23 @@ pub const VARIABLES: &[&str] = &["principal", "apiKey", "jwt", "llm", "request"]
 /// variable (`principle.team`) is a config error rather than a scope that silently never
 /// applies.
 pub fn compile_template(source: &str) -> Result<Program, String> {
+    compile_with_variables(source, VARIABLES)
+}
+
+/// Compiles an expression that may read only `variables` (plus macro-bound names and type
+/// names); see [`compile_template`].
+pub(crate) fn compile_with_variables(source: &str, variables: &[&str]) -> Result<Program, String> {
     if source.trim().is_empty() {
         return Err("the expression is empty".into());
     }
     let program = env().compile(source).map_err(|e| e.to_string())?;
     let mut bound = Vec::new();
     let mut unknown = Vec::new();
-    unknown_identifiers(program.expression(), &mut bound, &mut unknown);
+    unknown_identifiers(program.expression(), variables, &mut bound, &mut unknown);
     if let Some(name) = unknown.first() {
         return Err(format!(
             "unknown variable '{name}' (use {})",
-            VARIABLES.join(", ")
+            variables.join(", ")
         ));
     }
     Ok(program)
@@ -59,13 +65,14 @@ pub fn compile_template(source: &str) -> Result<Program, String> {
 /// variable bound by an enclosing comprehension (`bound`), nor a type name.
 fn unknown_identifiers<'a>(
     expr: &'a IdedExpr,
+    variables: &[&str],
     bound: &mut Vec<&'a str>,
     unknown: &mut Vec<&'a str>,
 ) {
     match &expr.expr {
         Expr::Unspecified | Expr::Literal(_) => {}
         Expr::Ident(name) => {
-            if !is_known_identifier(name, bound) && !unknown.contains(&name.as_str()) {
+            if !is_known_identifier(name, variables, bound) && !unknown.contains(&name.as_str()) {
                 unknown.push(name);
             }
         }
@@ -74,46 +81,46 @@ fn unknown_identifiers<'a>(
             if !select.test && qualified_name(expr).is_some_and(|n| is_type_name(&n)) {
                 return;
             }
-            unknown_identifiers(&select.operand, bound, unknown);
+            unknown_identifiers(&select.operand, variables, bound, unknown);
         }
         Expr::Call(call) => {
             if let Some(target) = &call.target {
-                unknown_identifiers(target, bound, unknown);
+                unknown_identifiers(target, variables, bound, unknown);
             }
             for arg in &call.args {
-                unknown_identifiers(arg, bound, unknown);
+                unknown_identifiers(arg, variables, bound, unknown);
             }
         }
         Expr::Comprehension(comprehension) => {
             // The range and the accumulator's start are evaluated outside the loop; the
             // loop variables are bound in the condition, the step and the result only.
-            unknown_identifiers(&comprehension.iter_range, bound, unknown);
-            unknown_identifiers(&comprehension.accu_init, bound, unknown);
+            unknown_identifiers(&comprehension.iter_range, variables, bound, unknown);
+            unknown_identifiers(&comprehension.accu_init, variables, bound, unknown);
             let depth = bound.len();
             bound.push(&comprehension.iter_var);
             if let Some(second) = &comprehension.iter_var2 {
                 bound.push(second);
             }
             bound.push(&comprehension.accu_var);
-            unknown_identifiers(&comprehension.loop_cond, bound, unknown);
-            unknown_identifiers(&comprehension.loop_step, bound, unknown);
-            unknown_identifiers(&comprehension.result, bound, unknown);
+            unknown_identifiers(&comprehension.loop_cond, variables, bound, unknown);
+            unknown_identifiers(&comprehension.loop_step, variables, bound, unknown);
+            unknown_identifiers(&comprehension.result, variables, bound, unknown);
             bound.truncate(depth);
         }
         Expr::List(list) => {
             for element in &list.elements {
-                unknown_identifiers(element, bound, unknown);
+                unknown_identifiers(element, variables, bound, unknown);
             }
         }
         Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
             for entry in entries {
                 match &entry.expr {
                     EntryExpr::StructField(field) => {
-                        unknown_identifiers(&field.value, bound, unknown)
+                        unknown_identifiers(&field.value, variables, bound, unknown)
                     }
                     EntryExpr::MapEntry(entry) => {
-                        unknown_identifiers(&entry.key, bound, unknown);
-                        unknown_identifiers(&entry.value, bound, unknown);
+                        unknown_identifiers(&entry.key, variables, bound, unknown);
+                        unknown_identifiers(&entry.value, variables, bound, unknown);
                     }
                 }
             }
@@ -121,14 +128,14 @@ fn unknown_identifiers<'a>(
     }
 }
 
-fn is_known_identifier(name: &str, bound: &[&str]) -> bool {
+fn is_known_identifier(name: &str, variables: &[&str], bound: &[&str]) -> bool {
     // `@`-names are the parser's own (macro accumulators).
     if name.starts_with('@') || bound.contains(&name) {
         return true;
     }
     // `.principal` is `principal` looked up in the root scope.
     let root = name.strip_prefix('.').unwrap_or(name);
-    VARIABLES.contains(&root) || is_type_name(root)
+    variables.contains(&root) || is_type_name(root)
 }
 
 fn is_type_name(name: &str) -> bool {

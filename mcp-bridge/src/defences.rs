@@ -1,0 +1,213 @@
+//! Malicious-definition defences at run time: each tool, prompt and resource definition an
+//! upstream lists is scanned (results cached by digest), tools are pinned by digest on first
+//! sight (or by the config's `pins`), and a later definition that differs is handled per
+//! `definitions.on_change`. The latest verdict per tool is kept so that a call can be checked
+//! before it is forwarded. Every verdict is logged and counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use gantry_policy::config::{DriftAction, VerdictAction};
+use gantry_policy::mcp::pin::{check_pin, definition_digest, DefinitionDigest, PinCheck};
+use gantry_policy::mcp::scan::{scan_definition, DefinitionKind, Finding, ForeignNames};
+use serde_json::Value;
+
+use crate::settings::{BridgeSettings, UpstreamSettings};
+
+/// Whether an item is offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Serve,
+    Withhold { reason: String },
+}
+
+/// What is remembered of a tool's latest definition.
+#[derive(Debug, Clone)]
+pub struct LatestTool {
+    pub digest: DefinitionDigest,
+    pub verdict: Verdict,
+    pub seen: Instant,
+}
+
+/// The defences' state, shared by all requests (short critical sections, never across
+/// `.await`).
+#[derive(Default)]
+pub struct Defences {
+    /// Pins taken on first sight, by (upstream, upstream tool name).
+    first_seen: Mutex<HashMap<(String, String), DefinitionDigest>>,
+    latest: Mutex<HashMap<(String, String), LatestTool>>,
+    scans: Mutex<HashMap<DefinitionDigest, Arc<Vec<Finding>>>>,
+    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// At most this many scan results are cached (a list of 10k tools still fits).
+const SCAN_CACHE_LIMIT: usize = 50_000;
+
+impl Defences {
+    /// Judges one listed definition of `upstream`'s `raw_name`.
+    pub fn judge(
+        &self,
+        settings: &BridgeSettings,
+        upstream: &UpstreamSettings,
+        kind: DefinitionKind,
+        raw_name: &str,
+        definition: &Value,
+        foreign: &ForeignNames,
+    ) -> Verdict {
+        let digest = definition_digest(kind, definition);
+        let mut verdict = Verdict::Serve;
+        if settings.scan_action != VerdictAction::Off {
+            let findings = self.scan(settings, kind, &digest, definition, foreign);
+            if !findings.is_empty() {
+                let summary: Vec<String> = findings
+                    .iter()
+                    .map(|f| format!("{:?} in {}: {}", f.kind, f.field, f.detail))
+                    .collect();
+                let blocked = settings.scan_action == VerdictAction::Block;
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    item = %raw_name,
+                    kind = ?kind,
+                    findings = %summary.join("; "),
+                    action = if blocked { "withheld" } else { "served (alert)" },
+                    "MCP definition flagged by the scanner"
+                );
+                self.count("scan", if blocked { "blocked" } else { "alerted" });
+                if blocked {
+                    verdict = Verdict::Withhold {
+                        reason: format!(
+                            "its definition was flagged ({})",
+                            findings
+                                .iter()
+                                .map(|f| format!("{:?}", f.kind))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                }
+            }
+        }
+        if kind == DefinitionKind::Tool {
+            let drift = self.check_drift(settings, upstream, raw_name, &digest);
+            verdict = match (verdict, drift) {
+                (Verdict::Serve, drift) => drift,
+                (flagged, Verdict::Serve) => flagged,
+                (Verdict::Withhold { reason: first }, Verdict::Withhold { reason: second }) => {
+                    Verdict::Withhold {
+                        reason: format!("{first}; {second}"),
+                    }
+                }
+            };
+            if let Ok(mut latest) = self.latest.lock() {
+                latest.insert(
+                    (upstream.name.clone(), raw_name.to_string()),
+                    LatestTool {
+                        digest,
+                        verdict: verdict.clone(),
+                        seen: Instant::now(),
+                    },
+                );
+            }
+        }
+        verdict
+    }
+
+    fn scan(
+        &self,
+        settings: &BridgeSettings,
+        kind: DefinitionKind,
+        digest: &DefinitionDigest,
+        definition: &Value,
+        foreign: &ForeignNames,
+    ) -> Arc<Vec<Finding>> {
+        if let Some(found) = self.scans.lock().ok().and_then(|s| s.get(digest).cloned()) {
+            return found;
+        }
+        let findings = Arc::new(scan_definition(&settings.scan, kind, definition, foreign));
+        if let Ok(mut scans) = self.scans.lock() {
+            if scans.len() >= SCAN_CACHE_LIMIT {
+                scans.clear();
+            }
+            scans.insert(*digest, findings.clone());
+        }
+        findings
+    }
+
+    /// The pin check: `Serve` when unchanged or first seen, else per `on_change`.
+    fn check_drift(
+        &self,
+        settings: &BridgeSettings,
+        upstream: &UpstreamSettings,
+        raw_name: &str,
+        digest: &DefinitionDigest,
+    ) -> Verdict {
+        let key = (upstream.name.clone(), raw_name.to_string());
+        let configured = upstream.pins.get(raw_name).cloned();
+        let pinned = match configured {
+            Some(pin) => Some(pin),
+            None => self
+                .first_seen
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&key).copied()),
+        };
+        match check_pin(pinned.as_ref(), digest) {
+            PinCheck::FirstSeen => {
+                if let Ok(mut first) = self.first_seen.lock() {
+                    first.insert(key, *digest);
+                }
+                self.count("pin", "first_seen");
+                tracing::info!(upstream = %upstream.name, tool = %raw_name, %digest, "pinned MCP tool definition on first sight");
+                Verdict::Serve
+            }
+            PinCheck::Unchanged => Verdict::Serve,
+            PinCheck::Changed { pinned, seen } => match settings.on_change {
+                DriftAction::Alert => {
+                    self.count("drift", "alerted");
+                    tracing::warn!(upstream = %upstream.name, tool = %raw_name, %pinned, %seen, "MCP tool definition changed since it was pinned (served: on_change is alert)");
+                    Verdict::Serve
+                }
+                DriftAction::Block => {
+                    self.count("drift", "blocked");
+                    tracing::warn!(upstream = %upstream.name, tool = %raw_name, %pinned, %seen, "MCP tool definition changed since it was pinned: withheld");
+                    Verdict::Withhold {
+                        reason: "its definition changed since it was approved".into(),
+                    }
+                }
+                DriftAction::Reapprove => {
+                    self.count("drift", "awaiting_approval");
+                    tracing::warn!(
+                        upstream = %upstream.name, tool = %raw_name, %pinned, %seen,
+                        "MCP tool definition changed: withheld until approved; to approve, set mcp.upstreams[{}].pins.{raw_name}: '{seen}'",
+                        upstream.name
+                    );
+                    Verdict::Withhold {
+                            reason: format!(
+                                "its definition changed and awaits an operator's approval (digest {seen})"
+                            ),
+                        }
+                }
+            },
+        }
+    }
+
+    /// The latest verdict on a tool, if it was listed.
+    pub fn latest(&self, upstream: &str, raw_name: &str) -> Option<LatestTool> {
+        self.latest.lock().ok().and_then(|l| {
+            l.get(&(upstream.to_string(), raw_name.to_string()))
+                .cloned()
+        })
+    }
+
+    pub fn count(&self, defence: &'static str, outcome: &'static str) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry((defence, outcome)).or_default() += 1;
+        }
+    }
+
+    /// Verdict counts by (defence, outcome).
+    pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}

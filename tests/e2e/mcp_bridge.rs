@@ -1,0 +1,711 @@
+//! The MCP bridge through real Envoy: real upstream MCP servers (the mcp 2.3.0 fixture server
+//! over streamable HTTP and stdio, npm server-everything) and real clients (the mcp Python SDK
+//! in both eras, raw HTTP for protocol edge cases).
+
+use gantry_policy::auth::api_keys::KeyHash;
+use gantry_testkit::mcp_peers::{
+    fixture_stdio_command, python_client, ClientMode, ClientReport, FixtureOptions, FixtureServer,
+    McpPeer,
+};
+use gantry_testkit::{free_ports, GantryStack, StackPorts};
+use serde_json::{json, Value};
+
+use crate::{http, start_stack};
+
+/// A stack with the bridge and the given `mcp.upstreams` entries (YAML list items) plus
+/// `extra` lines inside the `mcp` section and `top` lines at the top level.
+async fn bridge_stack(upstreams: &str, extra: &str, top: &str) -> GantryStack {
+    let ports = StackPorts::free();
+    let mcp_port = free_ports(1)[0];
+    let yaml = format!(
+        "{head}{top}mcp:\n  listen: 127.0.0.1:{mcp_port}\n{extra}  upstreams:\n{upstreams}",
+        head = ports.config_head(),
+    );
+    start_stack(
+        ports,
+        yaml,
+        vec![("GANTRY_MCP_SESSION_SECRET", "test-secret")],
+    )
+    .await
+}
+
+fn http_upstream(name: &str, peer: &McpPeer) -> String {
+    format!(
+        "    - {{ name: {name}, url: '{}', timeout_ms: 5000 }}\n",
+        peer.url
+    )
+}
+
+fn stdio_upstream(name: &str) -> String {
+    let (program, args) = fixture_stdio_command(name);
+    let mut command = vec![program.display().to_string()];
+    command.extend(args);
+    format!(
+        "    - {{ name: {name}, command: {}, timeout_ms: 10000 }}\n",
+        serde_json::to_string(&command).unwrap()
+    )
+}
+
+async fn client(
+    url: String,
+    mode: ClientMode,
+    headers: Vec<(String, String)>,
+    elicitation: Option<Value>,
+    steps: Value,
+) -> ClientReport {
+    tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        python_client(&url, mode, &headers, elicitation, steps)
+    })
+    .await
+    .expect("client task")
+}
+
+fn ok_result(report: &ClientReport, i: usize) -> &Value {
+    let step = report.step(i);
+    assert_eq!(step["ok"], true, "step {i} failed\n{}", report.context());
+    &step["result"]
+}
+
+fn names(list: &Value, key: &str, field: &str) -> Vec<String> {
+    list[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {list}"))
+        .iter()
+        .map(|i| i[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn first_text(result: &Value) -> String {
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_upstreams_with_colliding_names_federate_in_both_eras() {
+    // alpha answers JSON, beta SSE, gamma is a child process on stdio: all offer `echo`.
+    let alpha = FixtureServer::start(
+        "alpha",
+        FixtureOptions {
+            json_response: true,
+            ..FixtureOptions::default()
+        },
+    );
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    let upstreams =
+        http_upstream("alpha", &alpha) + &http_upstream("beta", &beta) + &stdio_upstream("gamma");
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "alpha__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "beta__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "gamma__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "beta__add", "args": {"a": 2, "b": 40}},
+        {"op": "list_resources"},
+        {"op": "read_resource", "uri": "beta+memo://notes/first"},
+        {"op": "list_resource_templates"},
+        {"op": "read_resource", "uri": "gamma+memo://notes/7"},
+        {"op": "list_prompts"},
+        {"op": "get_prompt", "name": "gamma__greet", "args": {"name": "bob"}},
+        {"op": "call_tool", "name": "delta__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "echo", "args": {"text": "hi"}},
+    ]);
+    for mode in [
+        ClientMode::Legacy,
+        ClientMode::V2026_07_28,
+        ClientMode::Auto,
+    ] {
+        let report = client(stack.url("/mcp"), mode, vec![], None, steps.clone()).await;
+        assert!(report.connect_error().is_none(), "{}", report.context());
+        let expected_version = if mode == ClientMode::Legacy {
+            "2025-11-25"
+        } else {
+            "2026-07-28"
+        };
+        assert_eq!(report.protocol_version(), expected_version, "{mode:?}");
+        let tools = names(ok_result(&report, 0), "tools", "name");
+        for upstream in ["alpha", "beta", "gamma"] {
+            for tool in ["echo", "add", "whoami"] {
+                let name = format!("{upstream}__{tool}");
+                assert!(
+                    tools.contains(&name),
+                    "{mode:?}: {name} missing in {tools:?}"
+                );
+            }
+        }
+        let mut sorted = tools.clone();
+        sorted.sort();
+        assert_eq!(tools, sorted, "{mode:?}: the merged list is sorted");
+        assert_eq!(first_text(ok_result(&report, 1)), "alpha: hi", "{mode:?}");
+        assert_eq!(first_text(ok_result(&report, 2)), "beta: hi", "{mode:?}");
+        assert_eq!(first_text(ok_result(&report, 3)), "gamma: hi", "{mode:?}");
+        assert_eq!(first_text(ok_result(&report, 4)), "42", "{mode:?}");
+        let resources = names(ok_result(&report, 5), "resources", "uri");
+        for upstream in ["alpha", "beta", "gamma"] {
+            assert!(
+                resources.contains(&format!("{upstream}+memo://notes/first")),
+                "{resources:?}"
+            );
+        }
+        let read = ok_result(&report, 6);
+        assert_eq!(read["contents"][0]["uri"], "beta+memo://notes/first");
+        assert_eq!(read["contents"][0]["text"], "first note from beta");
+        let templates = names(ok_result(&report, 7), "resourceTemplates", "uriTemplate");
+        assert!(
+            templates.contains(&"gamma+memo://notes/{id}".to_string()),
+            "{templates:?}"
+        );
+        assert_eq!(
+            ok_result(&report, 8)["contents"][0]["uri"],
+            "gamma+memo://notes/7"
+        );
+        let prompts = names(ok_result(&report, 9), "prompts", "name");
+        assert!(prompts.contains(&"gamma__greet".to_string()), "{prompts:?}");
+        let greeting = &ok_result(&report, 10)["messages"][0]["content"]["text"];
+        assert!(
+            greeting.as_str().unwrap_or("").contains("(from gamma)"),
+            "{greeting}"
+        );
+        // Unknown upstream and unprefixed names are JSON-RPC errors naming the tool.
+        for i in [11, 12] {
+            let error = report.error(i);
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("unknown tool"),
+                "{mode:?} step {i}: {error}"
+            );
+        }
+    }
+}
+
+/// Raw JSON-RPC over HTTP to the bridge through Envoy.
+struct Raw {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Raw {
+    fn new(stack: &GantryStack) -> Raw {
+        Raw {
+            url: stack.url("/mcp"),
+            client: http(),
+        }
+    }
+
+    async fn post(
+        &self,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.body(body.to_string()).send().await.expect("POST");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let value = if let Some(data) = text.lines().rev().find_map(|l| l.strip_prefix("data: ")) {
+            serde_json::from_str(data).unwrap_or(Value::Null)
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, headers, value)
+    }
+
+    /// `initialize` with `headers`; the session id.
+    async fn initialize(&self, headers: &[(&str, &str)]) -> String {
+        let (status, response_headers, body) = self
+            .post(
+                headers,
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["serverInfo"]["name"], "gantry", "{body}");
+        response_headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("a session id")
+            .to_string()
+    }
+}
+
+fn list_tools() -> Value {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}})
+}
+
+const ALICE: &str = "gk-alice-mcp-test-key";
+const BOB: &str = "gk-bob-mcp-test-key";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_replayed_by_another_principal_gets_404() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let auth_port = free_ports(1)[0];
+    let top = format!(
+        "auth:\n  listen: 127.0.0.1:{auth_port}\n  api_keys:\n    - {{ name: alice-key, hash: '{}', user: alice }}\n    - {{ name: bob-key, hash: '{}', user: bob }}\n",
+        KeyHash::of(ALICE),
+        KeyHash::of(BOB)
+    );
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", &top).await;
+    let raw = Raw::new(&stack);
+    let alice_auth = format!("Bearer {ALICE}");
+    let bob_auth = format!("Bearer {BOB}");
+    let session = raw.initialize(&[("authorization", &alice_auth)]).await;
+    assert!(session.starts_with("g1."), "{session}");
+    let alice = [
+        ("authorization", alice_auth.as_str()),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) = raw.post(&alice, &list_tools()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(names(&body["result"], "tools", "name").contains(&"alpha__echo".into()));
+
+    // Bob presents Alice's session: 404, as for a session that does not exist.
+    let bob = [
+        ("authorization", bob_auth.as_str()),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) = raw.post(&bob, &list_tools()).await;
+    assert_eq!(status, 404, "{body}");
+    // A forged or tampered id, and no credentials at all.
+    let mut tampered = session.clone();
+    tampered.replace_range(10..11, if &session[10..11] == "A" { "B" } else { "A" });
+    let forged = [
+        ("authorization", alice_auth.as_str()),
+        ("mcp-session-id", tampered.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    assert_eq!(raw.post(&forged, &list_tools()).await.0, 404);
+    let (status, headers, body) = raw.post(&alice[1..], &list_tools()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(headers.contains_key("www-authenticate"));
+    assert!(
+        body["error"]["message"].is_string(),
+        "a JSON-RPC error: {body}"
+    );
+    // A request without a session is told to initialize.
+    let (status, _, body) = raw.post(&alice[..1], &list_tools()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Missing session ID"));
+
+    // DELETE ends the session; the id is refused afterwards.
+    let deleted = raw
+        .client
+        .delete(&raw.url)
+        .header("authorization", &alice_auth)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    assert_eq!(raw.post(&alice, &list_tools()).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_json_rpc_errors_with_the_right_status() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let stack = bridge_stack(
+        &http_upstream("alpha", &alpha),
+        "  limits: { max_request_bytes: 4096 }\n",
+        "",
+    )
+    .await;
+    let raw = Raw::new(&stack);
+    let modern_call = |name: &str| {
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": name, "arguments": {"text": "x"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}})
+    };
+    let modern = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "alpha__echo"),
+    ];
+    let (status, _, body) = raw.post(&modern, &modern_call("alpha__echo")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first_text(&body["result"]), "alpha: x");
+    assert_eq!(body["result"]["resultType"], "complete");
+    assert_eq!(
+        body["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "gantry"
+    );
+
+    // Mcp-Name that disagrees with the body: 400 -32020 (HeaderMismatch).
+    let (status, _, body) = raw.post(&modern, &modern_call("alpha__add")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    // An unknown protocol version: 400 -32022 listing what is supported.
+    let (status, _, body) = raw
+        .post(&[("mcp-protocol-version", "2030-01-01")], &list_tools())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32022);
+    assert!(body["error"]["data"]["supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2026-07-28")));
+    // server/discover without client capabilities: 400 -32602.
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "server/discover"),
+            ],
+            &discover,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!(-32602)),
+        "{body}"
+    );
+    // Malformed JSON, a batch, an oversize body.
+    let response = raw
+        .client
+        .post(&raw.url)
+        .header("content-type", "application/json")
+        .body("{\"jsonrpc\": \"2.0\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32700, "{body}");
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) = raw
+        .post(&legacy, &json!([list_tools(), list_tools()]))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("batch"));
+    let big = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "alpha__echo", "arguments": {"text": "x".repeat(10_000)}}});
+    let (status, _, body) = raw.post(&legacy, &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("4096-byte limit"));
+    // DNS rebinding: a foreign Origin or Host is refused with 403.
+    let (status, _, body) = raw
+        .post(&[("origin", "http://evil.example")], &list_tools())
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _) = raw.post(&[("host", "evil.example")], &list_tools()).await;
+    assert_eq!(status, 403);
+    let local_origin = format!("http://{}", stack.listen);
+    let (status, _, body) = raw
+        .post(
+            &[("origin", &local_origin), legacy[0], legacy[1]],
+            &list_tools(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The gateway kept serving throughout.
+    let (status, _, body) = raw.post(&modern, &modern_call("alpha__echo")).await;
+    assert_eq!(
+        (status, first_text(&body["result"])),
+        (200, "alpha: x".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_fails_alone_and_its_session_heals_after_restart() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let mut beta = FixtureServer::start("beta", FixtureOptions::default());
+    let upstreams = http_upstream("alpha", &alpha) + &http_upstream("beta", &beta);
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let call = |tool: &str| {
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"text": "ping"}}})
+    };
+    let (_, _, body) = raw.post(&legacy, &call("beta__echo")).await;
+    assert_eq!(first_text(&body["result"]), "beta: ping", "{body}");
+
+    beta.kill();
+    let (status, _, body) = raw.post(&legacy, &list_tools()).await;
+    assert_eq!(status, 200, "{body}");
+    let tools = names(&body["result"], "tools", "name");
+    assert!(tools.contains(&"alpha__echo".into()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("beta__")), "{tools:?}");
+    let missing = &body["result"]["_meta"]["gantry/unavailableUpstreams"];
+    assert_eq!(missing[0]["upstream"], "beta", "{body}");
+    let (_, _, body) = raw.post(&legacy, &call("beta__echo")).await;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("upstream 'beta'"), "{body}");
+    let (_, _, body) = raw.post(&legacy, &call("alpha__echo")).await;
+    assert_eq!(first_text(&body["result"]), "alpha: ping", "{body}");
+
+    // Restarted, beta has forgotten its sessions: the bridge re-initializes it transparently.
+    beta.restart();
+    let (_, _, body) = raw.post(&legacy, &call("beta__echo")).await;
+    assert_eq!(
+        first_text(&body["result"]),
+        "beta: ping",
+        "{body}\n{}",
+        stack.process.logs()
+    );
+    assert!(stack.process.logs().contains("re-initializing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_tools_are_withheld_and_a_rug_pull_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let rug = dir.path().join("rug-pull");
+    let alpha = FixtureServer::start(
+        "alpha",
+        FixtureOptions {
+            poisoned: true,
+            rug_pull_file: Some(rug.clone()),
+            ..FixtureOptions::default()
+        },
+    );
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", "").await;
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "alpha__send_note", "args": {"note": "x"}},
+        {"op": "call_tool", "name": "alpha__weather", "args": {"city": "Oslo"}},
+    ]);
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::Legacy,
+        vec![],
+        None,
+        steps.clone(),
+    )
+    .await;
+    let tools = names(ok_result(&report, 0), "tools", "name");
+    assert!(tools.contains(&"alpha__weather".into()), "{tools:?}");
+    assert!(!tools.contains(&"alpha__send_note".into()), "{tools:?}");
+    let refused = report.error(1);
+    assert!(
+        refused["message"].as_str().unwrap().contains("withheld"),
+        "{refused}"
+    );
+    assert!(ok_result(&report, 2)["content"][0]["text"].is_string());
+    assert!(stack
+        .process
+        .logs()
+        .contains("MCP definition flagged by the scanner"));
+
+    // The description changes behind the pin: the tool disappears and calls are refused.
+    std::fs::write(&rug, "on").unwrap();
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::V2026_07_28,
+        vec![],
+        None,
+        steps,
+    )
+    .await;
+    let tools = names(ok_result(&report, 0), "tools", "name");
+    assert!(!tools.contains(&"alpha__weather".into()), "{tools:?}");
+    let refused = report.error(2);
+    assert!(
+        refused["message"].as_str().unwrap().contains("changed"),
+        "{refused}"
+    );
+    assert!(stack.process.logs().contains("changed since it was pinned"));
+    // Changed back, it is served again.
+    std::fs::remove_file(&rug).unwrap();
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::Legacy,
+        vec![],
+        None,
+        json!([{"op": "list_tools"}]),
+    )
+    .await;
+    assert!(names(ok_result(&report, 0), "tools", "name").contains(&"alpha__weather".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curation_rules_and_virtual_servers_shape_what_callers_see() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    let auth_port = free_ports(1)[0];
+    let top = format!(
+        "auth:\n  listen: 127.0.0.1:{auth_port}\n  api_keys:\n    - {{ name: alice-key, hash: '{}', user: alice, team: ops }}\n    - {{ name: bob-key, hash: '{}', user: bob, team: guests }}\n",
+        KeyHash::of(ALICE),
+        KeyHash::of(BOB)
+    );
+    let upstreams = format!(
+        "    - name: alpha\n      url: '{}'\n      tools: {{ exclude: [slow], rename: {{ echo: say }}, descriptions: {{ add: Sums two integers. }} }}\n{}",
+        alpha.url,
+        http_upstream("beta", &beta)
+    );
+    let extra = "  rules:\n    - { name: guests-no-beta, action: deny, when: 'principal.team == \"guests\" && mcp.upstream == \"beta\"' }\n    - { name: small-sums, action: deny, when: 'mcp.upstream_name == \"add\" && has(mcp.arguments.a) && mcp.arguments.a > 100' }\n    - { name: everyone, action: allow, when: 'true' }\n  virtual_servers:\n    - { name: sums, tools: ['*__add'] }\n";
+    let stack = bridge_stack(&upstreams, extra, &top).await;
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "alpha__say", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "alpha__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "alpha__slow", "args": {"seconds": 0}},
+        {"op": "call_tool", "name": "beta__echo", "args": {"text": "hi"}},
+        {"op": "call_tool", "name": "alpha__add", "args": {"a": 500, "b": 1}},
+    ]);
+    let as_user = |key: &str| vec![("authorization".to_string(), format!("Bearer {key}"))];
+    let alice = client(
+        stack.url("/mcp"),
+        ClientMode::Legacy,
+        as_user(ALICE),
+        None,
+        steps.clone(),
+    )
+    .await;
+    let tools = names(ok_result(&alice, 0), "tools", "name");
+    assert!(
+        tools.contains(&"alpha__say".into()) && !tools.contains(&"alpha__echo".into()),
+        "{tools:?}"
+    );
+    assert!(!tools.contains(&"alpha__slow".into()), "{tools:?}");
+    assert!(tools.contains(&"beta__echo".into()), "{tools:?}");
+    let add = ok_result(&alice, 0)["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "alpha__add")
+        .cloned()
+        .unwrap();
+    assert_eq!(add["description"], "Sums two integers.");
+    assert_eq!(first_text(ok_result(&alice, 1)), "alpha: hi");
+    assert!(alice.error(2)["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown tool"));
+    assert!(alice.error(3)["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown tool"));
+    assert_eq!(first_text(ok_result(&alice, 4)), "beta: hi");
+    let denied = alice.error(5);
+    assert_eq!(denied["code"], -32003, "{denied}");
+    assert!(
+        denied["message"].as_str().unwrap().contains("small-sums"),
+        "{denied}"
+    );
+
+    let bob = client(
+        stack.url("/mcp"),
+        ClientMode::V2026_07_28,
+        as_user(BOB),
+        None,
+        steps,
+    )
+    .await;
+    let tools = names(ok_result(&bob, 0), "tools", "name");
+    assert!(!tools.iter().any(|t| t.starts_with("beta__")), "{tools:?}");
+    assert!(bob.error(4)["message"]
+        .as_str()
+        .unwrap()
+        .contains("guests-no-beta"));
+
+    let sums = client(
+        stack.url("/mcp/sums"),
+        ClientMode::Legacy,
+        as_user(ALICE),
+        None,
+        json!([{"op": "list_tools"}, {"op": "call_tool", "name": "alpha__say", "args": {"text": "x"}}]),
+    )
+    .await;
+    assert_eq!(
+        names(ok_result(&sums, 0), "tools", "name"),
+        vec!["alpha__add".to_string(), "beta__add".to_string()]
+    );
+    assert!(sums.error(1)["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown tool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elicitation_round_trips_through_the_bridge_in_both_eras() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", "").await;
+    let steps =
+        json!([{"op": "call_tool", "name": "alpha__ask_user", "args": {"question": "colour?"}}]);
+    for mode in [ClientMode::Legacy, ClientMode::V2026_07_28] {
+        let report = client(
+            stack.url("/mcp"),
+            mode,
+            vec![],
+            Some(json!({"answer": "teal"})),
+            steps.clone(),
+        )
+        .await;
+        let text = first_text(ok_result(&report, 0));
+        assert!(
+            text.contains("teal"),
+            "{mode:?}: {text}\n{}",
+            report.context()
+        );
+        assert_eq!(
+            report.elicitations().len(),
+            1,
+            "{mode:?}\n{}",
+            report.context()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_times_out_alone() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    let upstreams = http_upstream("alpha", &alpha)
+        + &format!(
+            "    - {{ name: beta, url: '{}', timeout_ms: 1000 }}\n",
+            beta.url
+        );
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let slow = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                      "params": {"name": "beta__slow", "arguments": {"seconds": 5}}});
+    let (status, _, body) = raw.post(&legacy, &slow).await;
+    assert_eq!(status, 200);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("upstream 'beta'") && message.contains("timeout"),
+        "{body}"
+    );
+    let echo = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "alpha__echo", "arguments": {"text": "still here"}}});
+    let (_, _, body) = raw.post(&legacy, &echo).await;
+    assert_eq!(first_text(&body["result"]), "alpha: still here");
+}
