@@ -161,20 +161,7 @@ impl Services {
             },
         )));
         tracing::info!("ext_proc serving on {ext_proc_addr}");
-        if let Some(addr) = config.metrics_addr() {
-            let (listener, router) =
-                crate::metrics_endpoint::bind(addr, services.governance.clone()).await?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            services.stop.push(stop);
-            services.extra_tasks.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-            }));
-            tracing::info!("metrics served on http://{addr}/metrics");
-        }
+        let mut mcp_bridge = None;
         if let Some(section) = &config.mcp {
             let addr = section.listen_addr();
             let listener = TcpListener::bind(addr)
@@ -188,6 +175,7 @@ impl Services {
             let bridge = Arc::new(
                 gantry_mcp_bridge::Bridge::new(settings).context("cannot start the MCP bridge")?,
             );
+            mcp_bridge = Some(bridge.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             services.stop.push(stop);
             services
@@ -200,6 +188,21 @@ impl Services {
                     },
                 )));
             tracing::info!("MCP bridge serving on http://{addr}{}", section.path());
+        }
+        if let Some(addr) = config.metrics_addr() {
+            let (listener, router) =
+                crate::metrics_endpoint::bind(addr, services.governance.clone(), mcp_bridge)
+                    .await?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services.extra_tasks.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }));
+            tracing::info!("metrics served on http://{addr}/metrics");
         }
         if let Some((listener, jwks)) = authz {
             let addr = listener.local_addr().ok();

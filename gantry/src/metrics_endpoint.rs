@@ -1,7 +1,8 @@
 //! `GET /metrics`: Gantry's counters in the Prometheus text format, on `metrics.listen`.
 //!
 //! Today it exports the governance runtime's counters (admissions, refusals, store errors, what
-//! the failure modes did, spend records) and `gantry_build_info`.
+//! the failure modes did, spend records), the MCP bridge's definition verdicts, and
+//! `gantry_build_info`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 pub async fn bind(
     addr: SocketAddr,
     governance: Option<Arc<GovernanceRuntime>>,
+    bridge: Option<Arc<gantry_mcp_bridge::Bridge>>,
 ) -> anyhow::Result<(TcpListener, axum::Router)> {
     let listener = TcpListener::bind(addr)
         .await
@@ -23,10 +25,11 @@ pub async fn bind(
         "/metrics",
         get(move || {
             let governance = governance.clone();
+            let bridge = bridge.clone();
             async move {
                 (
                     [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    render(governance.as_deref()),
+                    render(governance.as_deref(), bridge.as_deref()),
                 )
             }
         }),
@@ -34,7 +37,10 @@ pub async fn bind(
     Ok((listener, router))
 }
 
-fn render(governance: Option<&GovernanceRuntime>) -> String {
+fn render(
+    governance: Option<&GovernanceRuntime>,
+    bridge: Option<&gantry_mcp_bridge::Bridge>,
+) -> String {
     let mut out = format!(
         "# HELP gantry_build_info Gantry's version.\n# TYPE gantry_build_info gauge\ngantry_build_info{{version=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION")
@@ -45,6 +51,9 @@ fn render(governance: Option<&GovernanceRuntime>) -> String {
                 .stats
                 .render_prometheus(governance.store().kind()),
         );
+    }
+    if let Some(bridge) = bridge {
+        out.push_str(&bridge.defences.render_prometheus());
     }
     out
 }

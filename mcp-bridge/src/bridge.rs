@@ -33,6 +33,8 @@ const MAX_PAGES: usize = 100;
 const CALL_RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// The JSON-RPC error code of an authorization denial (as ext_authz uses for 403).
 const FORBIDDEN: i64 = -32003;
+/// Several upstreams' `list_changed` within this window reach the client as one.
+const LIST_CHANGED_COALESCE: Duration = Duration::from_millis(200);
 /// Ids of server requests the bridge relays start with this.
 const RELAYED_ID_PREFIX: &str = "gantry.";
 
@@ -292,6 +294,9 @@ impl Bridge {
                 self.routed_by_uri(d, &id, method, message).await
             }
             "completion/complete" => self.complete(d, &id, message).await,
+            "subscriptions/listen" if d.era == Era::Stateless => {
+                self.subscribe(d, &id, &params).await
+            }
             "logging/setLevel" => {
                 let upstreams: Vec<_> = self.upstreams.clone();
                 for upstream in upstreams {
@@ -386,9 +391,9 @@ impl Bridge {
 
     fn capabilities(&self) -> Value {
         json!({
-            "tools": {"listChanged": false},
-            "prompts": {"listChanged": false},
-            "resources": {"subscribe": false, "listChanged": false},
+            "tools": {"listChanged": true},
+            "prompts": {"listChanged": true},
+            "resources": {"subscribe": false, "listChanged": true},
             "completions": {},
             "logging": {},
         })
@@ -1340,6 +1345,179 @@ impl Bridge {
         Reply::Stream(Box::pin(rest))
     }
 
+    /// A handshake-era session's standalone stream: the GET streams of its upstream sessions
+    /// and the notifications of the shared connections, merged. Server requests get bridge
+    /// ids, resource URIs and logger names name their upstream, and a burst of the same
+    /// `list_changed` from several upstreams reaches the client once. `None` when no upstream
+    /// offers such a stream.
+    pub async fn listen(&self, d: &Downstream) -> Option<BoxStream<'static, Value>> {
+        let opened = futures::future::join_all(self.upstreams.iter().map(|upstream| async move {
+            let hop = self.hop(d, upstream).await.ok()?;
+            match upstream.listen(&hop).await {
+                Ok(Some(stream)) => Some((upstream.name().to_string(), stream)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::info!(upstream = %upstream.name(), error = %e, "no server-to-client stream from this upstream");
+                    None
+                }
+            }
+        }))
+        .await;
+        let streams: Vec<BoxStream<'static, Value>> = opened
+            .into_iter()
+            .flatten()
+            .map(|(upstream, stream)| {
+                let stream: BoxStream<'static, Value> = Box::pin(stream.filter_map(move |m| {
+                    let upstream = upstream.clone();
+                    async move { m.ok().map(|m| listened_message(&upstream, m)) }
+                }));
+                stream
+            })
+            .collect();
+        if streams.is_empty() {
+            return None;
+        }
+        let mut last_list_changed: HashMap<String, std::time::Instant> = HashMap::new();
+        let merged = futures::stream::select_all(streams).filter(move |m| {
+            let keep = match m.get("method").and_then(Value::as_str) {
+                Some(method) if method.ends_with("/list_changed") => {
+                    let now = std::time::Instant::now();
+                    let recent = last_list_changed
+                        .get(method)
+                        .is_some_and(|at| now.duration_since(*at) < LIST_CHANGED_COALESCE);
+                    last_list_changed.insert(method.to_string(), now);
+                    !recent
+                }
+                _ => true,
+            };
+            futures::future::ready(keep)
+        });
+        Some(Box::pin(merged))
+    }
+
+    /// `subscriptions/listen` (2026-07-28): one subscription per upstream (a `listen` of its own
+    /// for stateless upstreams, the session's stream or the shared connection's notifications
+    /// otherwise), each asked only for what concerns it (resource URIs go to their owner). The
+    /// client gets one acknowledgement with the union of what the upstreams accepted, then
+    /// their notifications, filtered to what it asked for and tagged with its subscription id.
+    async fn subscribe(&self, d: &Downstream, id: &Value, params: &Value) -> Reply {
+        let wanted = params.get("notifications").cloned().unwrap_or(json!({}));
+        let flags = [
+            "toolsListChanged",
+            "promptsListChanged",
+            "resourcesListChanged",
+        ];
+        let uris: Vec<String> = wanted["resourceSubscriptions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let opened = futures::future::join_all(self.upstreams.iter().map(|upstream| {
+            let wanted = wanted.clone();
+            let uris = uris.clone();
+            async move {
+                let own_uris: Vec<Value> = uris
+                    .iter()
+                    .filter_map(|u| split_uri(u).filter(|(owner, _)| *owner == upstream.name()))
+                    .map(|(_, raw)| Value::from(raw))
+                    .collect();
+                let mut filter = json!({});
+                for flag in flags {
+                    if wanted[flag] == true {
+                        filter[flag] = Value::Bool(true);
+                    }
+                }
+                if !own_uris.is_empty() {
+                    filter["resourceSubscriptions"] = Value::Array(own_uris);
+                }
+                let hop = self.hop(d, upstream).await.ok()?;
+                let (accepted, stream) = match hop {
+                    Hop::Stateless { .. } => {
+                        let request = json!({"jsonrpc": "2.0", "id": format!("gantry-listen-{}", upstream.name()),
+                                             "method": "subscriptions/listen", "params": {"notifications": filter}});
+                        let mut messages = upstream.request(&hop, request).await.ok()?;
+                        let first = tokio::time::timeout(upstream.timeout(), messages.next()).await.ok()??.ok()?;
+                        if first.get("method").and_then(Value::as_str) != Some("notifications/subscriptions/acknowledged") {
+                            tracing::info!(upstream = %upstream.name(), "subscriptions/listen was not acknowledged");
+                            return None;
+                        }
+                        (first["params"]["notifications"].clone(), messages)
+                    }
+                    hop => (filter, upstream.listen(&hop).await.ok()??),
+                };
+                Some((upstream.name().to_string(), accepted, stream))
+            }
+        }))
+        .await;
+        let mut accepted = json!({});
+        let mut streams: Vec<BoxStream<'static, Value>> = Vec::new();
+        for (upstream, upstream_accepted, stream) in opened.into_iter().flatten() {
+            for flag in flags {
+                if upstream_accepted[flag] == true {
+                    accepted[flag] = Value::Bool(true);
+                }
+            }
+            if let Some(raw) = upstream_accepted["resourceSubscriptions"].as_array() {
+                let list = accepted.as_object_mut().map(|a| {
+                    a.entry("resourceSubscriptions")
+                        .or_insert_with(|| json!([]))
+                });
+                if let Some(Value::Array(list)) = list {
+                    for uri in raw.iter().filter_map(Value::as_str) {
+                        list.push(Value::from(federated_uri(&upstream, uri)));
+                    }
+                }
+            }
+            streams.push(Box::pin(stream.filter_map(move |m| {
+                let upstream = upstream.clone();
+                async move { m.ok().map(|m| listened_message(&upstream, m)) }
+            })));
+        }
+        let subscription_id = id.clone();
+        let ack = json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {
+                "notifications": accepted.clone(),
+                "_meta": {protocol::meta_key::SUBSCRIPTION_ID: subscription_id},
+            }
+        });
+        let tag = id.clone();
+        let notifications = futures::stream::select_all(streams).filter_map(move |mut m| {
+            let wanted_here = match m.get("method").and_then(Value::as_str) {
+                Some("notifications/tools/list_changed") => accepted["toolsListChanged"] == true,
+                Some("notifications/prompts/list_changed") => {
+                    accepted["promptsListChanged"] == true
+                }
+                Some("notifications/resources/list_changed") => {
+                    accepted["resourcesListChanged"] == true
+                }
+                Some("notifications/resources/updated") => accepted["resourceSubscriptions"]
+                    .as_array()
+                    .is_some_and(|l| l.contains(&m["params"]["uri"])),
+                _ => false,
+            };
+            if wanted_here {
+                if !m["params"].is_object() {
+                    m["params"] = json!({});
+                }
+                let meta = m["params"]
+                    .as_object_mut()
+                    .map(|p| p.entry("_meta").or_insert_with(|| json!({})));
+                if let Some(meta) = meta.and_then(Value::as_object_mut) {
+                    meta.insert(protocol::meta_key::SUBSCRIPTION_ID.into(), tag.clone());
+                }
+            }
+            futures::future::ready(wanted_here.then_some(m))
+        });
+        Reply::Stream(Box::pin(
+            futures::stream::once(async move { ack }).chain(notifications),
+        ))
+    }
+
     /// The upstreams the bridge connects to (those whose credentials are set).
     pub fn upstream_names(&self) -> Vec<String> {
         self.upstreams
@@ -1480,6 +1658,33 @@ fn rewrite_uris(upstream: &str, method: &str, result: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A message from an upstream's standalone stream, as the client sees it.
+fn listened_message(upstream: &str, mut message: Value) -> Value {
+    if message.get("method").is_some() && message.get("id").is_some() {
+        let original = message["id"].clone();
+        message["id"] = Value::from(relayed_id(upstream, &original));
+        return message;
+    }
+    match message.get("method").and_then(Value::as_str) {
+        Some("notifications/resources/updated") => {
+            if let Some(uri) = message["params"]["uri"].as_str() {
+                message["params"]["uri"] = Value::from(federated_uri(upstream, uri));
+            }
+        }
+        Some("notifications/message") => {
+            let logger = match message["params"]["logger"].as_str() {
+                Some(logger) => format!("{upstream}/{logger}"),
+                None => upstream.to_string(),
+            };
+            if message["params"].is_object() {
+                message["params"]["logger"] = Value::from(logger);
+            }
+        }
+        _ => {}
+    }
+    message
 }
 
 /// The id a relayed server request gets: the upstream and its own id, recoverable.

@@ -206,6 +206,19 @@ impl Defences {
         }
     }
 
+    /// The counts in the Prometheus text format (`gantry_mcp_definition_verdicts_total`).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP gantry_mcp_definition_verdicts_total MCP definition defences' verdicts: scanner findings, pins, drift, name collisions.\n# TYPE gantry_mcp_definition_verdicts_total counter\n",
+        );
+        for ((defence, outcome), count) in self.counts() {
+            out.push_str(&format!(
+                "gantry_mcp_definition_verdicts_total{{defence=\"{defence}\",outcome=\"{outcome}\"}} {count}\n"
+            ));
+        }
+        out
+    }
+
     /// Verdict counts by (defence, outcome).
     pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()

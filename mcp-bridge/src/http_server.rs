@@ -224,7 +224,34 @@ async fn handle(
                 (Era::Stateless, _) => StatusCode::METHOD_NOT_ALLOWED.into_response(),
             };
         }
-        // No standalone server-to-client stream is offered (yet): 405 says so.
+        Method::GET => {
+            let Some(state) = session else {
+                return match era {
+                    // 2026-07-28 has no standalone stream (subscriptions/listen replaces it).
+                    Era::Stateless => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+                    Era::Handshake => json_rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        protocol::error_code::INVALID_REQUEST,
+                        "Missing session ID",
+                        None,
+                    ),
+                };
+            };
+            let downstream = Downstream {
+                era,
+                caller,
+                headers: HashMap::new(),
+                server,
+                session: Some(state),
+                meta: Value::Null,
+                accepts_sse: true,
+            };
+            return match bridge.listen(&downstream).await {
+                Some(messages) => sse_response(messages),
+                None => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+            };
+        }
         _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
     let body = match axum::body::to_bytes(body, bridge.settings.max_request_bytes).await {
@@ -329,19 +356,39 @@ async fn handle(
             }
             response
         }
-        Reply::Stream(messages) => {
-            let events = messages.map(|m| {
-                let mut event = b"event: message\ndata: ".to_vec();
-                event.extend_from_slice(&serde_json::to_vec(&m).unwrap_or_default());
-                event.extend_from_slice(b"\n\n");
-                Ok::<_, Infallible>(Bytes::from(event))
-            });
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
-                .header(axum::http::header::CACHE_CONTROL, "no-cache")
-                .body(Body::from_stream(events))
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-        }
+        Reply::Stream(messages) => sse_response(messages),
     }
+}
+
+/// Keep-alive comments on quiet streams, so that idle timeouts along the way do not cut them.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Messages as an SSE response, one `message` event each, with keep-alive comments.
+fn sse_response(messages: futures::stream::BoxStream<'static, Value>) -> Response {
+    let events = messages.map(|m| {
+        let mut event = b"event: message\ndata: ".to_vec();
+        event.extend_from_slice(&serde_json::to_vec(&m).unwrap_or_default());
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
+    });
+    let keepalive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEPALIVE,
+        KEEPALIVE,
+    ))
+    .map(|_| Bytes::from_static(b": keepalive\n\n"));
+    // The response ends when the messages do; the keep-alives never end on their own.
+    let body = futures::stream::select(
+        events
+            .map(Some)
+            .chain(futures::stream::once(async { None })),
+        keepalive.map(Some),
+    )
+    .take_while(|item| futures::future::ready(item.is_some()))
+    .filter_map(|item| async move { item.map(Ok::<_, Infallible>) });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

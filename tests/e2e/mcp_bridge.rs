@@ -491,7 +491,9 @@ async fn poisoned_tools_are_withheld_and_a_rug_pull_is_caught() {
             ..FixtureOptions::default()
         },
     );
-    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", "").await;
+    let metrics_port = free_ports(1)[0];
+    let top = format!("metrics:\n  listen: 127.0.0.1:{metrics_port}\n");
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", &top).await;
     let steps = json!([
         {"op": "list_tools"},
         {"op": "call_tool", "name": "alpha__send_note", "args": {"note": "x"}},
@@ -537,6 +539,27 @@ async fn poisoned_tools_are_withheld_and_a_rug_pull_is_caught() {
         "{refused}"
     );
     assert!(stack.process.logs().contains("changed since it was pinned"));
+    // Every verdict is counted.
+    let metrics = http()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "gantry_mcp_definition_verdicts_total{defence=\"scan\",outcome=\"blocked\"}",
+        "gantry_mcp_definition_verdicts_total{defence=\"drift\",outcome=\"blocked\"}",
+        "gantry_mcp_definition_verdicts_total{defence=\"pin\",outcome=\"first_seen\"}",
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"));
+        assert!(count > 0, "{series} {count}");
+    }
     // Changed back, it is served again.
     std::fs::remove_file(&rug).unwrap();
     let report = client(
@@ -708,4 +731,135 @@ async fn a_slow_upstream_times_out_alone() {
                       "params": {"name": "alpha__echo", "arguments": {"text": "still here"}}});
     let (_, _, body) = raw.post(&legacy, &echo).await;
     assert_eq!(first_text(&body["result"]), "alpha: still here");
+}
+
+/// Reads SSE events from `response` until one satisfies `matches`, within `deadline`.
+async fn wait_for_event(
+    response: reqwest::Response,
+    deadline: std::time::Duration,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let found = tokio::time::timeout(deadline, async {
+        use futures::StreamExt;
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data: ") {
+                        if let Ok(message) = serde_json::from_str::<Value>(data) {
+                            if matches(&message) {
+                                return Some(message);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(message)) => message,
+        Ok(None) => panic!("the stream ended without the expected event; last data: {buffer}"),
+        Err(_) => panic!("no expected event within {deadline:?}; last data: {buffer}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_stream_merges_upstream_notifications() {
+    let everything = gantry_testkit::mcp_peers::everything(
+        gantry_testkit::mcp_peers::Everything::StreamableHttp,
+    );
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let upstreams = http_upstream("ev", &everything) + &http_upstream("alpha", &alpha);
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (_, _, body) = raw
+        .post(
+            &legacy,
+            &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                    "params": {"name": "ev__toggle-simulated-logging", "arguments": {}}}),
+        )
+        .await;
+    assert!(first_text(&body["result"]).contains("Started"), "{body}");
+    let stream = raw
+        .client
+        .get(&raw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(stream.status().as_u16(), 200);
+    // server-everything logs every few seconds on its session stream; the bridge names the
+    // upstream in the logger.
+    let message = wait_for_event(stream, std::time::Duration::from_secs(30), |m| {
+        m["method"] == "notifications/message"
+    })
+    .await;
+    assert_eq!(message["params"]["logger"], "ev", "{message}");
+    // A stateless client has no GET stream: 405.
+    let status = raw
+        .client
+        .get(&raw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_listen_fans_out_and_acknowledges_once() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    let upstreams = http_upstream("alpha", &alpha) + &http_upstream("beta", &beta);
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let response = http()
+        .post(stack.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(
+            json!({"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen", "params": {
+                "notifications": {"toolsListChanged": true, "promptsListChanged": true},
+                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                          "io.modelcontextprotocol/clientCapabilities": {}}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("listen");
+    assert_eq!(response.status().as_u16(), 200);
+    let ack = wait_for_event(response, std::time::Duration::from_secs(15), |m| {
+        m["method"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("notifications/"))
+    })
+    .await;
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"]["toolsListChanged"], true,
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "sub-1"
+    );
 }

@@ -138,6 +138,34 @@ impl HttpEndpoint {
         }
     }
 
+    /// The standalone server-to-client stream of a session (`GET`); `None` when the upstream
+    /// offers none (405).
+    pub async fn get_stream(
+        &self,
+        session_id: &str,
+        protocol_version: &str,
+    ) -> Result<Option<UpstreamMessages>, UpstreamError> {
+        let response = self
+            .client
+            .get(&self.url)
+            .headers(self.headers.clone())
+            .header(ACCEPT, "text/event-stream")
+            .header(protocol::header::SESSION_ID, session_id)
+            .header(protocol::header::PROTOCOL_VERSION, protocol_version)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&e))?;
+        match response.status().as_u16() {
+            405 => Ok(None),
+            404 => Err(UpstreamError::SessionLost),
+            200..=299 => Ok(Some(sse_messages(response, self.max_message_bytes))),
+            status => Err(UpstreamError::Http {
+                status,
+                body: String::new(),
+            }),
+        }
+    }
+
     /// `DELETE` of an upstream session; any answer is fine (2xx, 404, 405).
     pub async fn delete_session(&self, session_id: &str, protocol_version: &str) {
         let result = self

@@ -344,6 +344,28 @@ impl Upstream {
         }
     }
 
+    /// The upstream's server-to-client messages outside any request: the GET stream of an
+    /// upstream session, or the notifications of the shared connection. `None` when there is
+    /// no such stream (stateless hops, upstreams answering 405).
+    pub async fn listen(&self, hop: &Hop) -> Result<Option<UpstreamMessages>, UpstreamError> {
+        match (&self.transport, hop) {
+            (Transport::Shared(connection), _) => {
+                let receiver = connection.notifications.subscribe();
+                let stream = tokio_stream::wrappers::BroadcastStream::new(receiver)
+                    .filter_map(|m| async move { m.ok().map(Ok) });
+                Ok(Some(Box::pin(stream)))
+            }
+            (
+                Transport::Http(endpoint),
+                Hop::Session {
+                    session_id: Some(session_id),
+                    protocol_version,
+                },
+            ) => endpoint.get_stream(session_id, protocol_version).await,
+            _ => Ok(None),
+        }
+    }
+
     /// Ends an upstream session (client DELETE).
     pub async fn close_session(&self, session_id: &str, protocol_version: &str) {
         if let Transport::Http(endpoint) = &self.transport {

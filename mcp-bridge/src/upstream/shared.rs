@@ -12,7 +12,7 @@ use futures::StreamExt;
 use gantry_policy::mcp::protocol;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::http::{event_data, event_name};
@@ -45,6 +45,8 @@ pub enum SharedTransport {
 pub struct SharedConnection {
     pub mux: Arc<Multiplexer>,
     state: watch::Receiver<SharedState>,
+    /// Notifications the upstream sends on the connection, for clients' GET streams.
+    pub notifications: broadcast::Sender<Value>,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -62,15 +64,21 @@ impl SharedConnection {
     ) -> SharedConnection {
         let mux = Arc::new(Multiplexer::new(name));
         let (state_tx, state) = watch::channel(SharedState::Starting);
+        let (notifications, _) = broadcast::channel(256);
         let supervisor = Supervisor {
             name: name.to_string(),
             transport,
             client_info,
             mux: mux.clone(),
             state: state_tx,
+            notifications: notifications.clone(),
         };
         tokio::spawn(supervisor.run(stop));
-        SharedConnection { mux, state }
+        SharedConnection {
+            mux,
+            state,
+            notifications,
+        }
     }
 
     /// Waits (up to `deadline`) until the connection is initialized; returns its version.
@@ -111,6 +119,7 @@ struct Supervisor {
     client_info: Value,
     mux: Arc<Multiplexer>,
     state: watch::Sender<SharedState>,
+    notifications: broadcast::Sender<Value>,
 }
 
 impl Supervisor {
@@ -163,6 +172,7 @@ impl Supervisor {
         let mux = self.mux.clone();
         let name = self.name.clone();
         let refuser = outgoing_tx.clone();
+        let notifications = self.notifications.clone();
         let router = tokio::spawn(async move {
             while let Some(message) = incoming_rx.recv().await {
                 let Some(other) = mux.incoming(message) else {
@@ -180,6 +190,8 @@ impl Supervisor {
                         .await;
                 } else if let Some(method) = other.get("method").and_then(Value::as_str) {
                     tracing::debug!(upstream = %name, %method, "notification from a shared upstream connection");
+                    // Nobody listening is fine: the notification is dropped.
+                    let _ = notifications.send(other);
                 }
             }
         });
