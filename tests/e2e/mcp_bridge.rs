@@ -863,3 +863,41 @@ async fn subscriptions_listen_fans_out_and_acknowledges_once() {
         "sub-1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_upstream_that_dies_is_restarted() {
+    // A name no other test uses, so that only this child is killed.
+    let name = format!("stdio{}", std::process::id());
+    let stack = bridge_stack(&stdio_upstream(&name), "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": format!("{name}__echo"), "arguments": {"text": "hi"}}});
+    let (_, _, body) = raw.post(&legacy, &call).await;
+    assert_eq!(first_text(&body["result"]), format!("{name}: hi"), "{body}");
+
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("fixture_server.py --name {name} ")])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "the stdio child was not found");
+    // The supervisor notices, and starts it again after a short backoff.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, _, body) = raw.post(&legacy, &call).await;
+        if first_text(&body["result"]) == format!("{name}: hi") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stdio upstream did not come back: {body}\n{}",
+            stack.process.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stack.process.logs().contains("MCP upstream connection lost; reconnecting"));
+}
