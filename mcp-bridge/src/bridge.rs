@@ -53,6 +53,8 @@ pub struct Downstream {
     pub meta: Value,
     /// Whether the client accepts `text/event-stream`.
     pub accepts_sse: bool,
+    /// `Mcp-Param-*` headers (stateless era), forwarded with the call they belong to.
+    pub param_headers: Vec<(String, String)>,
 }
 
 /// The answer to one message.
@@ -278,7 +280,22 @@ impl Bridge {
     async fn request(&self, d: &Downstream, id: Value, method: &str, message: Value) -> Reply {
         let params = message.get("params").cloned().unwrap_or(json!({}));
         match method {
-            "initialize" if d.era == Era::Handshake => self.initialize(d, &id, &params).await,
+            "initialize"
+            | "ping"
+            | "logging/setLevel"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+                if d.era == Era::Stateless =>
+            {
+                Reply::error(
+                    404,
+                    Some(&id),
+                    protocol::error_code::METHOD_NOT_FOUND,
+                    &format!("method '{method}' is not part of protocol version 2026-07-28"),
+                    None,
+                )
+            }
+            "initialize" => self.initialize(d, &id, &params).await,
             "server/discover" if d.era == Era::Stateless => Reply::ok(protocol::result_response(
                 &id,
                 self.stamp(d, self.discover_result()),
@@ -288,8 +305,14 @@ impl Bridge {
             "prompts/list" => self.list(d, &id, ListKind::Prompts).await,
             "resources/list" => self.list(d, &id, ListKind::Resources).await,
             "resources/templates/list" => self.list(d, &id, ListKind::Templates).await,
-            "tools/call" => self.routed_by_name(d, &id, method, ItemKind::Tool, message).await,
-            "prompts/get" => self.routed_by_name(d, &id, method, ItemKind::Prompt, message).await,
+            "tools/call" => {
+                self.routed_by_name(d, &id, method, ItemKind::Tool, message)
+                    .await
+            }
+            "prompts/get" => {
+                self.routed_by_name(d, &id, method, ItemKind::Prompt, message)
+                    .await
+            }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 self.routed_by_uri(d, &id, method, message).await
             }
@@ -301,18 +324,12 @@ impl Bridge {
                 let upstreams: Vec<_> = self.upstreams.clone();
                 for upstream in upstreams {
                     if let Ok(messages) = self.call(d, &upstream, message.clone()).await {
-                        let _ = tokio::time::timeout(upstream.timeout(), final_answer(messages)).await;
+                        let _ =
+                            tokio::time::timeout(upstream.timeout(), final_answer(messages)).await;
                     }
                 }
                 Reply::ok(protocol::result_response(&id, json!({})))
             }
-            "initialize" => Reply::error(
-                400,
-                Some(&id),
-                protocol::error_code::INVALID_REQUEST,
-                "initialize is not part of protocol version 2026-07-28: send server/discover, or drop the MCP-Protocol-Version header to use the handshake",
-                None,
-            ),
             "server/discover" => Reply::error(
                 400,
                 Some(&id),
@@ -507,6 +524,7 @@ impl Bridge {
             Era::Stateless => match upstream.era().await? {
                 UpstreamEraKnown::Stateless => Ok(Hop::Stateless {
                     meta: relayable_meta(&d.meta),
+                    param_headers: d.param_headers.clone(),
                 }),
                 UpstreamEraKnown::Handshake => {
                     let session = upstream.pooled_session(&d.caller.binding()).await?;
@@ -1158,10 +1176,19 @@ impl Bridge {
         let reference = message["params"]["ref"].clone();
         let (upstream_name, rewritten) = match reference["type"].as_str() {
             Some("ref/prompt") => {
-                let Some((upstream, name)) = reference["name"]
-                    .as_str()
-                    .and_then(|n| self.settings.naming.split(n))
-                else {
+                let federated = reference["name"].as_str().unwrap_or("").to_string();
+                let owner = match self.settings.naming.mode {
+                    NamingMode::Prefix => self
+                        .settings
+                        .naming
+                        .split(&federated)
+                        .map(|(u, n)| (u.to_string(), n.to_string())),
+                    NamingMode::None => self
+                        .owner_without_prefix(d, ItemKind::Prompt, &federated)
+                        .await
+                        .map(|owner| (owner, federated.clone())),
+                };
+                let Some((upstream, name)) = owner else {
                     return Reply::error(
                         200,
                         Some(id),
@@ -1171,14 +1198,11 @@ impl Bridge {
                     );
                 };
                 let raw = self
-                    .upstream_settings(upstream)
-                    .and_then(|s| s.prompts.upstream_name(name))
-                    .unwrap_or(name)
+                    .upstream_settings(&upstream)
+                    .and_then(|s| s.prompts.upstream_name(&name))
+                    .unwrap_or(&name)
                     .to_string();
-                (
-                    upstream.to_string(),
-                    json!({"type": "ref/prompt", "name": raw}),
-                )
+                (upstream, json!({"type": "ref/prompt", "name": raw}))
             }
             Some("ref/resource") => {
                 let Some((upstream, uri)) = reference["uri"].as_str().and_then(split_uri) else {
@@ -1534,6 +1558,7 @@ fn session_hop(session_id: &Option<String>, protocol_version: &str, state: &Sess
                 protocol::meta_key::CLIENT_CAPABILITIES: state.client_capabilities,
                 protocol::meta_key::CLIENT_INFO: state.client_info,
             }),
+            param_headers: Vec::new(),
         }
     } else {
         Hop::Session {

@@ -117,6 +117,16 @@ fn caller(headers: &HeaderMap) -> McpCaller {
     }
 }
 
+/// The `Mcp-Param-*` headers of a request (2026-07-28, declared by `x-mcp-header`), passed to
+/// the upstream of a call unchanged.
+fn param_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with(protocol::header::PARAM_PREFIX))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// `Host` and `Origin` against the allowed lists (DNS-rebinding protection).
 fn check_origin_and_host(bridge: &Bridge, headers: &HeaderMap) -> Result<(), String> {
     let allowed_host = |host: &str| {
@@ -177,16 +187,54 @@ async fn handle(
             None,
         );
     }
+    // The body first (POST only): every error below can then echo the request's id.
+    let message = if method == Method::POST {
+        let body = match axum::body::to_bytes(body, bridge.settings.max_request_bytes).await {
+            Ok(body) => body,
+            Err(_) => {
+                return json_rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    protocol::error_code::INVALID_REQUEST,
+                    &format!(
+                        "the request body is larger than the gateway's {}-byte limit",
+                        bridge.settings.max_request_bytes
+                    ),
+                    None,
+                )
+            }
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(message) => message,
+            Err(e) => {
+                return json_rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    protocol::error_code::PARSE_ERROR,
+                    &format!("the body is not JSON: {e}"),
+                    None,
+                )
+            }
+        }
+    } else {
+        Value::Null
+    };
+    let request_id = message.get("id").filter(|id| !id.is_null());
     let era = match protocol::era_of_header(header(&headers, protocol::header::PROTOCOL_VERSION)) {
         Ok(era) => era,
         Err(e) => {
+            // What `server/discover` would list: the versions a stateless client may pick.
+            let data = serde_json::json!({
+                "supported": protocol::MODERN_VERSIONS,
+                "requested": e.requested,
+            });
             return json_rpc_error(
                 StatusCode::BAD_REQUEST,
-                None,
+                request_id,
                 protocol::error_code::UNSUPPORTED_PROTOCOL_VERSION,
                 &e.to_string(),
-                Some(e.error_data()),
-            )
+                Some(data),
+            );
         }
     };
     let caller = caller(&headers);
@@ -246,6 +294,7 @@ async fn handle(
                 session: Some(state),
                 meta: Value::Null,
                 accepts_sse: true,
+                param_headers: Vec::new(),
             };
             return match bridge.listen(&downstream).await {
                 Some(messages) => sse_response(messages),
@@ -254,62 +303,52 @@ async fn handle(
         }
         _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
-    let body = match axum::body::to_bytes(body, bridge.settings.max_request_bytes).await {
-        Ok(body) => body,
-        Err(_) => {
-            return json_rpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                protocol::error_code::INVALID_REQUEST,
-                &format!(
-                    "the request body is larger than the gateway's {}-byte limit",
-                    bridge.settings.max_request_bytes
-                ),
-                None,
-            )
-        }
-    };
-    let message: Value = match serde_json::from_slice::<Value>(&body) {
-        Ok(message) => message,
-        Err(e) => {
-            return json_rpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                protocol::error_code::PARSE_ERROR,
-                &format!("the body is not JSON: {e}"),
-                None,
-            )
-        }
-    };
     let is_request = message.get("method").is_some() && message.get("id").is_some();
     let mut meta = Value::Null;
     match era {
         Era::Stateless => {
+            if is_request {
+                let envelope = &message["params"]["_meta"];
+                for key in [
+                    protocol::meta_key::PROTOCOL_VERSION,
+                    protocol::meta_key::CLIENT_CAPABILITIES,
+                ] {
+                    if envelope.get(key).is_none() {
+                        return json_rpc_error(
+                            StatusCode::BAD_REQUEST,
+                            request_id,
+                            protocol::error_code::INVALID_PARAMS,
+                            &format!(
+                                "params._meta[\"{key}\"] is required in protocol version {}",
+                                protocol::LATEST_MODERN_VERSION
+                            ),
+                            None,
+                        );
+                    }
+                }
+                meta = message["params"]["_meta"].clone();
+            }
+            if let Some((name, _)) = param_headers(&headers)
+                .iter()
+                .find(|(_, v)| protocol::decode_header_value(v).is_err())
+            {
+                return json_rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    request_id,
+                    protocol::error_code::HEADER_MISMATCH,
+                    &format!("header {name} is not a valid value (bad =?base64?...?= encoding)"),
+                    None,
+                );
+            }
             let lookup = |name: &str| header(&headers, name).map(str::to_string);
             if let Err(mismatch) = protocol::validate_stateless_headers(&lookup, &message) {
                 return json_rpc_error(
                     StatusCode::BAD_REQUEST,
-                    message.get("id"),
+                    request_id,
                     mismatch.error_code(),
                     &mismatch.to_string(),
                     None,
                 );
-            }
-            if is_request {
-                meta = message["params"]["_meta"].clone();
-                if meta.get(protocol::meta_key::CLIENT_CAPABILITIES).is_none() {
-                    return json_rpc_error(
-                        StatusCode::BAD_REQUEST,
-                        message.get("id"),
-                        protocol::error_code::INVALID_PARAMS,
-                        &format!(
-                            "params._meta[\"{}\"] is required in protocol version {}",
-                            protocol::meta_key::CLIENT_CAPABILITIES,
-                            protocol::LATEST_MODERN_VERSION
-                        ),
-                        None,
-                    );
-                }
             }
         }
         Era::Handshake => {
@@ -337,12 +376,27 @@ async fn handle(
         session,
         meta,
         accepts_sse,
+        param_headers: if era == Era::Stateless {
+            param_headers(&headers)
+        } else {
+            Vec::new()
+        },
     };
     match bridge.handle(&downstream, message).await {
-        Reply::Json { status, message } => json_response(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-            &message,
-        ),
+        Reply::Json { status, message } => {
+            // 2026-07-28 answers errors with the HTTP status their code implies (400 for
+            // invalid params and header errors, 404 for unknown methods), upstream's included.
+            let status = match (era, message["error"]["code"].as_i64()) {
+                (Era::Stateless, Some(code)) if status == 200 => {
+                    protocol::http_status_for_error_code(code).unwrap_or(status)
+                }
+                _ => status,
+            };
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                &message,
+            )
+        }
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::Initialized {
             session_id,

@@ -21,6 +21,8 @@ pub struct PostHeaders {
     /// `Mcp-Method` / `Mcp-Name` on stateless requests.
     pub method: Option<String>,
     pub name: Option<String>,
+    /// More headers (the client's `Mcp-Param-*`).
+    pub extra: Vec<(String, String)>,
 }
 
 /// The answer to one POST.
@@ -76,6 +78,9 @@ impl HttpEndpoint {
             if let Some(value) = value {
                 request = request.header(name, value.as_str());
             }
+        }
+        for (name, value) in &extra.extra {
+            request = request.header(name.as_str(), value.as_str());
         }
         if let Some(name) = &extra.name {
             request = request.header(

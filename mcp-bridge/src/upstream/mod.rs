@@ -85,7 +85,11 @@ pub enum UpstreamEraKnown {
 pub enum Hop {
     /// A 2026-07-28 request; `meta` is the `_meta` to send (protocol version, client
     /// capabilities and info).
-    Stateless { meta: Value },
+    Stateless {
+        meta: Value,
+        /// `Mcp-Param-*` headers of the client's call, forwarded with `tools/call`.
+        param_headers: Vec<(String, String)>,
+    },
     /// Inside a handshake-era upstream session.
     Session {
         session_id: Option<String>,
@@ -377,7 +381,10 @@ impl Upstream {
 /// The message and headers of an HTTP request on `hop`.
 fn http_message(hop: &Hop, mut message: Value) -> (Value, PostHeaders) {
     match hop {
-        Hop::Stateless { meta } => {
+        Hop::Stateless {
+            meta,
+            param_headers,
+        } => {
             let method = message
                 .get("method")
                 .and_then(Value::as_str)
@@ -412,6 +419,11 @@ fn http_message(hop: &Hop, mut message: Value) -> (Value, PostHeaders) {
                 PostHeaders {
                     protocol_version: Some(protocol::LATEST_MODERN_VERSION.to_string()),
                     session_id: None,
+                    extra: if method.as_deref() == Some("tools/call") {
+                        param_headers.clone()
+                    } else {
+                        Vec::new()
+                    },
                     method,
                     name,
                 },
@@ -425,8 +437,7 @@ fn http_message(hop: &Hop, mut message: Value) -> (Value, PostHeaders) {
             PostHeaders {
                 protocol_version: Some(protocol_version.clone()),
                 session_id: session_id.clone(),
-                method: None,
-                name: None,
+                ..PostHeaders::default()
             },
         ),
         Hop::Shared => (without_envelope(message), PostHeaders::default()),
