@@ -24,6 +24,10 @@ echo "== budgets benchmark smoke run (debug build; budgets on the embedded store
 ./target/debug/gantry-bench --scenario budgets --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-budgets-smoke.log 2>&1 \
   || { cat target/bench-budgets-smoke.log; echo "budgets benchmark smoke run failed" >&2; exit 1; }
 echo "budgets benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-budgets-smoke.log) rounds, 0 errors)"
+echo "== mcp benchmark smoke run (debug build; MCP bridge federating three fixture servers vs one directly)"
+./target/debug/gantry-bench --scenario mcp --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-mcp-smoke.log 2>&1 \
+  || { cat target/bench-mcp-smoke.log; echo "mcp benchmark smoke run failed" >&2; exit 1; }
+echo "mcp benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-mcp-smoke.log) rounds, 0 errors)"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \

@@ -143,7 +143,7 @@ impl Job {
 }
 
 /// A client with one keep-alive connection (HTTP/1.1, no proxy).
-fn http_client() -> anyhow::Result<reqwest::Client> {
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .http1_only()
         .no_proxy()

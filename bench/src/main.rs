@@ -1,6 +1,6 @@
 //! `gantry-bench`: the latency and throughput that Gantry's ext_proc, ext_authz and budget
-//! checks add to Envoy, measured against plain Envoy in the same run, and the raw decision rate
-//! of the ext_authz server.
+//! checks add to Envoy, measured against plain Envoy in the same run, the raw decision rate
+//! of the ext_authz server, and what the MCP bridge adds to an MCP server.
 //!
 //! Usage (scripts/setup.sh must have installed Envoy; `ENVOY_BIN` overrides its path):
 //!
@@ -52,6 +52,24 @@
 //! rounds (about 70 s at the defaults, on top of some 3 minutes) and make the default run need
 //! `redis-server`, for a feature that is off unless configured.
 //!
+//! `--scenario mcp` (not in `all` either) measures Gantry's MCP bridge: three fixture MCP servers
+//! (`tests/interop/mcp/fixture_server.py`, the mcp 2.3.0 Python SDK, streamable HTTP, JSON replies;
+//! `alpha`, `beta` and `gamma` with 0, 50 and 200 extra trivial tools) behind `gantry run` with an
+//! `mcp` section federating them (everything else at its defaults). Raw JSON-RPC requests go either
+//! through Envoy to the bridge or straight to the slowest upstream (the baseline: the one whose
+//! `tools/list` is slowest in a short sequential calibration, i.e. `gamma`), for four cases:
+//! `tools/list` (the bridge asks all three upstreams and merges their 268 tools under prefixed
+//! names) and `tools/call` of `echo` on the slowest upstream (through the bridge as
+//! `<upstream>__echo`), each in the stateless 2026-07-28 era (`MCP-Protocol-Version`, `Mcp-Method`,
+//! `Mcp-Name` and `params._meta` on every request) and in the 2025-11-25 handshake era (one
+//! `initialize` and `notifications/initialized` per connection during the warm-up, then
+//! `Mcp-Session-Id` on every request). Each reply is checked (the full merged list with no upstream
+//! left out, the echoed text), after its latency is taken. Per case it prints direct and bridge
+//! p50/p99/mean and req/s, bridge − direct and the throughput ratio bridge/direct. `--concurrency`
+//! defaults to 4 here: the fixture servers are single-threaded Python. It is not in `all` because
+//! it would add some 2.5 minutes (8 pairs of rounds) and need the Python venv, for a feature that
+//! is off unless configured.
+//!
 //! `decisions` (part of `--scenario authz` and `all`, or alone with `--scenario decisions`)
 //! drives the ext_authz gRPC server directly, without Envoy: `gantry serve` runs as a separate
 //! process (sharing the machine's CPUs with this client), and `--concurrency` HTTP/2
@@ -69,6 +87,8 @@
 //! matching throughput ratios. A readable table is followed by one JSON line with every number
 //! (`scenarios.authz.gantry_auth_minus_gantry`, `scenarios.budgets.budget_redis_minus_gantry`,
 //! `decisions.kinds.<kind>.decisions_per_s`, ...).
+//! With `--scenario mcp` the JSON line has `mcp.cases.<method>_<era>` (`tools_list_stateless`,
+//! `tools_call_handshake`, ...) with `direct`, `bridge`, `added_*` and `throughput_ratio`.
 //! Any failed request, and any decision that is not an allow, is reported loudly and makes the
 //! exit status 1.
 
@@ -77,6 +97,8 @@ mod budgets;
 mod decisions;
 mod gateways;
 mod load;
+mod mcp;
+mod mcp_wire;
 mod report;
 mod stats;
 
@@ -94,8 +116,9 @@ use auth::Credentials;
 use decisions::AuthzServers;
 use gateways::{blocking, logs_tail, Gateway, Gateways};
 use load::{probe, run_round, Job, RequestBodies, Scenario};
+use mcp::McpBench;
 use report::{
-    command_line, print_error_banner, print_header, report_json, Machine, ScenarioResult,
+    command_line, print_error_banner, print_header, report_json, Machine, Measured, ScenarioResult,
 };
 use stats::{Summary, Unit};
 
@@ -126,17 +149,22 @@ Sends the same OpenAI chat request through plain Envoy (baseline) and through `g
 started here (scripts/setup.sh --with-redis installs redis-server). Prints per scenario the
 medians across rounds, the latency each gateway adds and the throughput ratios. `decisions` (in `authz` and
 `all`) sends ext_authz Check calls straight to `gantry serve` and prints decisions/s and the
-latency per decision for an API key, a JWT and CEL rules. Ends with one JSON line with every
-number. Exits 1 if any request failed or any decision was not an allow.";
+latency per decision for an API key, a JWT and CEL rules. Scenario `mcp` (not in `all`; needs
+the Python venv from scripts/setup.sh) sends MCP tools/list and tools/call, stateless 2026-07-28
+and with an initialize handshake, through Envoy to `gantry run`'s MCP bridge federating three
+fixture servers, and straight to the slowest of them, and prints what the bridge adds. Ends with
+one JSON line with every number. Exits 1 if any request failed or any decision was not an
+allow.";
 
 /// Measures what Gantry's ext_proc, ext_authz and budget checks add to Envoy, against plain
-/// Envoy in the same run.
+/// Envoy in the same run (and what its MCP bridge adds to an MCP server).
 #[derive(Parser, Debug)]
 #[command(name = "gantry-bench", after_help = USAGE)]
 struct Args {
-    /// Connections, each with one request (or Check call) in flight at a time.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    concurrency: u64,
+    /// Connections, each with one request (or Check call) in flight at a time [default: 8; 4
+    /// for --scenario mcp].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    concurrency: Option<u64>,
     /// Measured seconds per round (after a 1 s warm-up).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
@@ -165,7 +193,11 @@ enum ScenarioChoice {
     /// The chat completion: baseline vs gantry vs gantry with budgets on the embedded store
     /// vs on Redis (not part of `all`).
     Budgets,
-    /// chat, stream, authz and the decision rate (not budgets).
+    /// MCP tools/list and tools/call, in both protocol eras, through Envoy and the MCP bridge
+    /// (federating three fixture servers) vs straight to the slowest of them (not part of
+    /// `all`).
+    Mcp,
+    /// chat, stream, authz and the decision rate (not budgets, not mcp).
     All,
 }
 
@@ -176,7 +208,7 @@ impl ScenarioChoice {
             ScenarioChoice::Chat => vec![Scenario::Chat],
             ScenarioChoice::Stream => vec![Scenario::Stream],
             ScenarioChoice::Authz => vec![Scenario::Authz],
-            ScenarioChoice::Decisions => Vec::new(),
+            ScenarioChoice::Decisions | ScenarioChoice::Mcp => Vec::new(),
             ScenarioChoice::Budgets => vec![Scenario::Budgets],
             ScenarioChoice::All => vec![Scenario::Chat, Scenario::Stream, Scenario::Authz],
         }
@@ -200,6 +232,8 @@ struct Settings {
     scenarios: Vec<Scenario>,
     /// Straight to ext_authz, after the scenarios.
     decisions: bool,
+    /// MCP through the bridge vs straight to an upstream, after the scenarios.
+    mcp: bool,
 }
 
 impl Settings {
@@ -223,15 +257,18 @@ fn main() -> ExitCode {
 /// arrives. Every child process is owned by the benchmark future, so it is stopped on every
 /// way out (success, error, Ctrl-C / SIGTERM) before this returns.
 fn run(args: &Args) -> anyhow::Result<()> {
+    let mcp = args.scenario == ScenarioChoice::Mcp;
+    let concurrency = args.concurrency.unwrap_or(if mcp { 4 } else { 8 });
     let settings = Settings {
-        concurrency: usize::try_from(args.concurrency).context("--concurrency is too large")?,
+        concurrency: usize::try_from(concurrency).context("--concurrency is too large")?,
         seconds: Duration::from_secs(args.seconds),
         rounds: usize::try_from(args.rounds).context("--rounds is too large")?,
         scenarios: args.scenario.scenarios(),
         decisions: args.scenario.decisions(),
+        mcp,
     };
     let gantry_bin = gateways::locate_gantry(args.gantry.as_deref())?;
-    let envoy_bin = if settings.scenarios.is_empty() {
+    let envoy_bin = if settings.scenarios.is_empty() && !settings.mcp {
         None
     } else {
         Some(gateways::locate_envoy()?)
@@ -317,6 +354,11 @@ async fn bench(
         }
         _ => None,
     };
+    let mut mcp = if settings.mcp {
+        Some(McpBench::start(gantry_bin).await?)
+    } else {
+        None
+    };
 
     if let Some(gateways) = &mut gateways {
         for &scenario in &settings.scenarios {
@@ -355,6 +397,9 @@ async fn bench(
             "probes: ext_authz allows each kind of decision for the expected principal and \
              refuses a wrong key, a forged token and a path a rule denies"
         );
+    }
+    if let Some(mcp) = &mut mcp {
+        mcp.probe().await?;
     }
     println!();
 
@@ -395,6 +440,10 @@ async fn bench(
             });
         }
     }
+    let mcp_results = match &mut mcp {
+        Some(mcp) => Some(mcp.measure(settings).await?),
+        None => None,
+    };
     let decisions = match (&mut servers, &credentials) {
         (Some(servers), Some(credentials)) => {
             decisions::print_intro();
@@ -411,25 +460,24 @@ async fn bench(
     for result in &results {
         result.print(settings);
     }
+    if let Some(mcp_results) = &mcp_results {
+        mcp_results.print(settings);
+    }
     if let Some(decisions) = &decisions {
         decisions.print(settings);
     }
-    let errors: u64 = results.iter().map(ScenarioResult::errors).sum::<u64>()
-        + decisions.as_ref().map_or(0, |d| d.errors());
+    let measured = Measured {
+        scenarios: &results,
+        decisions: decisions.as_ref(),
+        mcp: mcp_results.as_ref(),
+    };
+    let errors = measured.errors();
     if errors > 0 {
-        print_error_banner(errors, &results, decisions.as_ref());
+        print_error_banner(errors, &measured);
     }
     println!(
         "{}",
-        report_json(
-            settings,
-            &command,
-            &machine,
-            &bodies,
-            &results,
-            decisions.as_ref(),
-            errors
-        )
+        report_json(settings, &command, &machine, &bodies, &measured, errors)
     );
     if errors > 0 {
         bail!("{errors} requests or decisions failed: this run is not a valid measurement");

@@ -7,6 +7,8 @@ use serde_json::{json, Map, Value};
 use crate::decisions::DecisionResults;
 use crate::gateways::Gateway;
 use crate::load::{RequestBodies, Scenario};
+use crate::mcp::{McpResults, UPSTREAMS};
+use crate::mcp_wire::{ECHO_TEXT, HANDSHAKE_VERSION, STATELESS_VERSION};
 use crate::stats::{table_header, Delta, Summary, Unit};
 use crate::{Settings, ALIAS, CHAT_PATH, WARMUP};
 
@@ -204,8 +206,14 @@ pub fn print_header(
     bodies: &RequestBodies,
 ) {
     println!(
-        "gantry-bench: the cost of Gantry's ext_proc, ext_authz and budget checks, against plain \
-         Envoy in the same run"
+        "{}",
+        if settings.mcp {
+            "gantry-bench: the cost of Gantry's MCP bridge, against the MCP server alone in the \
+             same run"
+        } else {
+            "gantry-bench: the cost of Gantry's ext_proc, ext_authz and budget checks, against \
+             plain Envoy in the same run"
+        }
     );
     println!("command:  {command}");
     println!(
@@ -227,6 +235,9 @@ pub fn print_header(
         );
     }
     let mut measured: Vec<&str> = settings.scenarios.iter().map(|s| s.name()).collect();
+    if settings.mcp {
+        measured.push("mcp");
+    }
     if settings.decisions {
         measured.push("decisions");
     }
@@ -262,14 +273,48 @@ pub fn print_header(
              admitted against 3 counters, settled at the end of its reply, and logged"
         );
     }
+    if settings.mcp {
+        let upstreams: Vec<String> = UPSTREAMS
+            .iter()
+            .map(|(name, extra)| format!("{name} (+{extra} tools)"))
+            .collect();
+        println!(
+            "mcp:      POST /mcp through Envoy to gantry run's MCP bridge federating {} (fixture \
+             servers on the mcp 2.3.0 Python SDK, streamable HTTP, JSON replies) vs straight to \
+             the slowest of them; tools/list, and tools/call echo {{\"text\": {ECHO_TEXT:?}}}; \
+             raw JSON-RPC, stateless {STATELESS_VERSION} and handshake {HANDSHAKE_VERSION} \
+             (initialize once per connection)",
+            upstreams.join(", ")
+        );
+    }
+}
+
+/// Everything a run measured.
+pub struct Measured<'a> {
+    pub scenarios: &'a [ScenarioResult],
+    pub decisions: Option<&'a DecisionResults>,
+    pub mcp: Option<&'a McpResults>,
+}
+
+impl Measured<'_> {
+    /// Failed requests and decisions, over everything measured.
+    pub fn errors(&self) -> u64 {
+        self.scenarios
+            .iter()
+            .map(ScenarioResult::errors)
+            .sum::<u64>()
+            + self.decisions.map_or(0, DecisionResults::errors)
+            + self.mcp.map_or(0, McpResults::errors)
+    }
 }
 
 /// The loud part of a run with failures.
-pub fn print_error_banner(
-    errors: u64,
-    results: &[ScenarioResult],
-    decisions: Option<&DecisionResults>,
-) {
+pub fn print_error_banner(errors: u64, measured: &Measured<'_>) {
+    let Measured {
+        scenarios: results,
+        decisions,
+        mcp,
+    } = *measured;
     let bar = "!".repeat(96);
     println!("{bar}");
     println!(
@@ -288,6 +333,12 @@ pub fn print_error_banner(
             }
         }
     }
+    for (what, errors, first) in mcp.map(McpResults::failures).unwrap_or_default() {
+        println!(
+            "!!   {what}: {errors} errors; first: {}",
+            first.unwrap_or("?")
+        );
+    }
     for (kind, errors, first) in decisions.map(DecisionResults::failures).unwrap_or_default() {
         println!(
             "!!   decisions / {kind}: {errors} errors; first: {}",
@@ -302,10 +353,14 @@ pub fn report_json(
     command: &str,
     machine: &Machine,
     bodies: &RequestBodies,
-    results: &[ScenarioResult],
-    decisions: Option<&DecisionResults>,
+    measured: &Measured<'_>,
     errors: u64,
 ) -> Value {
+    let Measured {
+        scenarios: results,
+        decisions,
+        mcp,
+    } = *measured;
     let scenarios: Map<String, Value> = results
         .iter()
         .map(|r| (r.scenario.name().to_owned(), r.to_json()))
@@ -323,9 +378,10 @@ pub fn report_json(
         "seconds_per_round": settings.seconds.as_secs(),
         "rounds": settings.rounds,
         "body_bytes": { "chat": bodies.chat.len(), "stream": bodies.stream.len() },
-        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
+        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; mcp: bridge - direct; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
         "scenarios": scenarios,
         "decisions": decisions.map(DecisionResults::to_json),
+        "mcp": mcp.map(McpResults::to_json),
         "errors": errors,
         "valid": errors == 0,
     })

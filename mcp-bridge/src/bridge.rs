@@ -20,7 +20,7 @@ use gantry_policy::mcp::scan::{DefinitionKind, ForeignNames};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::defences::{Defences, Verdict};
+use crate::defences::{Defences, Foreign, Verdict};
 use crate::session::{SessionError, SessionSealer, SessionState, UpstreamSession};
 use crate::settings::{BridgeSettings, UpstreamSettings};
 use crate::upstream::{
@@ -103,6 +103,9 @@ pub struct Bridge {
     closed: moka::future::Cache<u64, ()>,
     pub defences: Defences,
     stop: CancellationToken,
+    /// Ids of the requests the bridge makes on its own (lists, subscriptions): unique, so that
+    /// several in flight on one upstream session never share one.
+    request_ids: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -185,12 +188,20 @@ impl Bridge {
             sealer,
             defences: Defences::default(),
             stop,
+            request_ids: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
     /// Stops the shared connections (child processes are killed).
     pub fn shutdown(&self) {
         self.stop.cancel();
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self
+            .request_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("gantry-{n}")
     }
 
     fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
@@ -636,12 +647,12 @@ impl Bridge {
     ) -> Result<Vec<Value>, UpstreamError> {
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
-        for page in 0..MAX_PAGES {
+        for _ in 0..MAX_PAGES {
             let mut params = json!({});
             if let Some(cursor) = &cursor {
                 params["cursor"] = cursor.clone();
             }
-            let request = json!({"jsonrpc": "2.0", "id": format!("gantry-list-{page}"), "method": kind.method(), "params": params});
+            let request = json!({"jsonrpc": "2.0", "id": self.next_request_id(), "method": kind.method(), "params": params});
             let answer = final_answer(self.call(d, upstream, request).await?).await?;
             if let Some(error) = answer.get("error") {
                 return Err(UpstreamError::Protocol(format!(
@@ -781,6 +792,39 @@ impl Bridge {
                 candidates.push((upstream, raw.to_string(), offered_name, item));
             }
         }
+        // What each upstream's definitions may not mention: the other upstreams' tool and
+        // prompt names, built once per list (and remembered for the checks before calls).
+        let mut foreign_for: HashMap<&str, Foreign> = HashMap::new();
+        if kind.is_named() {
+            for (upstream, _) in lists {
+                let mut others: Vec<(String, String)> = lists
+                    .iter()
+                    .filter(|(u, _)| u.name() != upstream.name())
+                    .flat_map(|(u, items)| {
+                        items.iter().filter_map(move |i| {
+                            let raw = i.get("name").and_then(Value::as_str)?;
+                            Some((raw.to_string(), naming.federated(u.name(), raw)))
+                        })
+                    })
+                    .collect();
+                others.sort();
+                let key = {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    (kind.method(), &others).hash(&mut hasher);
+                    hasher.finish()
+                };
+                let names = Foreign {
+                    names: Arc::new(ForeignNames::new(others)),
+                    key,
+                };
+                if kind == ListKind::Tools {
+                    self.defences
+                        .remember_foreign(upstream.name(), names.clone());
+                }
+                foreign_for.insert(upstream.name(), names);
+            }
+        }
         let mut out: Vec<(String, Value)> = Vec::new();
         for (upstream, raw, offered_name, item) in candidates {
             let federated = match kind {
@@ -808,17 +852,10 @@ impl Bridge {
                     continue;
                 }
             }
-            let foreign = ForeignNames::new(
-                lists
-                    .iter()
-                    .filter(|(u, _)| u.name() != upstream.name())
-                    .flat_map(|(u, items)| {
-                        items.iter().filter_map(move |i| {
-                            let raw = i.get("name").and_then(Value::as_str)?;
-                            Some((raw.to_string(), naming.federated(u.name(), raw)))
-                        })
-                    }),
-            );
+            let foreign = foreign_for
+                .get(upstream.name())
+                .cloned()
+                .unwrap_or_else(Foreign::none);
             if let Verdict::Withhold { reason } = self.defences.judge(
                 &self.settings,
                 &upstream.settings,
@@ -1056,7 +1093,7 @@ impl Bridge {
                 .await
                 {
                     Ok(Ok(items)) => {
-                        let foreign = ForeignNames::new(std::iter::empty::<(String, String)>());
+                        let foreign = self.defences.foreign(upstream.name());
                         for item in &items {
                             if let Some(name) = item.get("name").and_then(Value::as_str) {
                                 self.defences.judge(
@@ -1460,7 +1497,7 @@ impl Bridge {
                 let hop = self.hop(d, upstream).await.ok()?;
                 let (accepted, stream) = match hop {
                     Hop::Stateless { .. } => {
-                        let request = json!({"jsonrpc": "2.0", "id": format!("gantry-listen-{}", upstream.name()),
+                        let request = json!({"jsonrpc": "2.0", "id": self.next_request_id(),
                                              "method": "subscriptions/listen", "params": {"notifications": filter}});
                         let mut messages = upstream.request(&hop, request).await.ok()?;
                         let first = tokio::time::timeout(upstream.timeout(), messages.next()).await.ok()??.ok()?;

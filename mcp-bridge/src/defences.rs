@@ -37,8 +37,30 @@ pub struct Defences {
     /// Pins taken on first sight, by (upstream, upstream tool name).
     first_seen: Mutex<HashMap<(String, String), DefinitionDigest>>,
     latest: Mutex<HashMap<(String, String), LatestTool>>,
-    scans: Mutex<HashMap<DefinitionDigest, Arc<Vec<Finding>>>>,
+    scans: Mutex<HashMap<ScanKey, Arc<Vec<Finding>>>>,
+    /// The other upstreams' names as of each upstream's latest tools list.
+    foreign: Mutex<HashMap<String, Foreign>>,
     counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// A scan result is cached by the definition and the foreign names it was judged against.
+type ScanKey = (DefinitionDigest, u64);
+
+/// The names a definition must not mention (other upstreams' tools and prompts), with a key
+/// that identifies the set (for the scan cache).
+#[derive(Clone)]
+pub struct Foreign {
+    pub names: Arc<ForeignNames>,
+    pub key: u64,
+}
+
+impl Foreign {
+    pub fn none() -> Foreign {
+        Foreign {
+            names: Arc::new(ForeignNames::new(std::iter::empty::<(String, String)>())),
+            key: 0,
+        }
+    }
 }
 
 /// At most this many scan results are cached (a list of 10k tools still fits).
@@ -53,7 +75,7 @@ impl Defences {
         kind: DefinitionKind,
         raw_name: &str,
         definition: &Value,
-        foreign: &ForeignNames,
+        foreign: &Foreign,
     ) -> Verdict {
         let digest = definition_digest(kind, definition);
         let mut verdict = Verdict::Serve;
@@ -119,17 +141,24 @@ impl Defences {
         kind: DefinitionKind,
         digest: &DefinitionDigest,
         definition: &Value,
-        foreign: &ForeignNames,
+        foreign: &Foreign,
     ) -> Arc<Vec<Finding>> {
-        if let Some(found) = self.scans.lock().ok().and_then(|s| s.get(digest).cloned()) {
+        // Shadowing findings depend on the other upstreams' names: the cache key has both.
+        let key = (*digest, foreign.key);
+        if let Some(found) = self.scans.lock().ok().and_then(|s| s.get(&key).cloned()) {
             return found;
         }
-        let findings = Arc::new(scan_definition(&settings.scan, kind, definition, foreign));
+        let findings = Arc::new(scan_definition(
+            &settings.scan,
+            kind,
+            definition,
+            &foreign.names,
+        ));
         if let Ok(mut scans) = self.scans.lock() {
             if scans.len() >= SCAN_CACHE_LIMIT {
                 scans.clear();
             }
-            scans.insert(*digest, findings.clone());
+            scans.insert(key, findings.clone());
         }
         findings
     }
@@ -190,6 +219,22 @@ impl Defences {
                 }
             },
         }
+    }
+
+    /// Remembers the names `upstream`'s tools were judged against.
+    pub fn remember_foreign(&self, upstream: &str, names: Foreign) {
+        if let Ok(mut foreign) = self.foreign.lock() {
+            foreign.insert(upstream.to_string(), names);
+        }
+    }
+
+    /// The names `upstream`'s tools were last judged against (none before its first list).
+    pub fn foreign(&self, upstream: &str) -> Foreign {
+        self.foreign
+            .lock()
+            .ok()
+            .and_then(|f| f.get(upstream).cloned())
+            .unwrap_or_else(Foreign::none)
     }
 
     /// The latest verdict on a tool, if it was listed.

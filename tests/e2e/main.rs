@@ -13,6 +13,7 @@ mod interop;
 mod istio;
 mod llm_path;
 mod mcp_bridge;
+mod mcp_conformance;
 mod mcp_interop;
 mod streaming;
 mod tls_upstream;

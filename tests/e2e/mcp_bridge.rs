@@ -899,5 +899,41 @@ async fn a_stdio_upstream_that_dies_is_restarted() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(stack.process.logs().contains("MCP upstream connection lost; reconnecting"));
+    assert!(stack
+        .process
+        .logs()
+        .contains("MCP upstream connection lost; reconnecting"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lists_on_one_session_are_all_complete() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    let upstreams = http_upstream("alpha", &alpha) + &http_upstream("beta", &beta);
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let lists = (0..4).map(|i| {
+        let raw = &raw;
+        async move {
+            let request = json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/list"});
+            raw.post(&legacy, &request).await
+        }
+    });
+    for (status, _, body) in futures::future::join_all(lists).await {
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["result"]["_meta"].is_null(),
+            "an upstream was missing: {body}"
+        );
+        let tools = names(&body["result"], "tools", "name");
+        assert!(
+            tools.contains(&"alpha__echo".to_string()) && tools.contains(&"beta__echo".to_string()),
+            "{tools:?}"
+        );
+    }
 }
