@@ -38,6 +38,15 @@ const LIST_CHANGED_COALESCE: Duration = Duration::from_millis(200);
 /// Ids of server requests the bridge relays start with this.
 const RELAYED_ID_PREFIX: &str = "gantry.";
 
+/// Why the bridge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Session(SessionError),
+    #[error(transparent)]
+    PinFile(#[from] crate::defences::PinFileError),
+}
+
 /// The client side of one message.
 #[derive(Debug, Clone)]
 pub struct Downstream {
@@ -101,7 +110,7 @@ pub struct Bridge {
     healed: moka::future::Cache<(u64, String), OpenedSession>,
     /// Sessions the client ended (DELETE), by nonce.
     closed: moka::future::Cache<u64, ()>,
-    pub defences: Defences,
+    pub defences: Arc<Defences>,
     stop: CancellationToken,
     /// Ids of the requests the bridge makes on its own (lists, subscriptions): unique, so that
     /// several in flight on one upstream session never share one.
@@ -131,9 +140,12 @@ fn upstream_error(upstream: &str, id: Option<&Value>, error: &UpstreamError) -> 
 }
 
 impl Bridge {
-    /// Builds the bridge and starts its shared upstream connections (stdio, HTTP+SSE).
-    pub fn new(settings: BridgeSettings) -> Result<Bridge, SessionError> {
+    /// Builds the bridge and starts its shared upstream connections (stdio, HTTP+SSE) and the
+    /// pin file's writer. Must be called inside a Tokio runtime.
+    pub fn new(settings: BridgeSettings) -> Result<Bridge, BridgeError> {
         let stop = CancellationToken::new();
+        let defences = Arc::new(Defences::load(settings.pin_file.clone())?);
+        tokio::spawn(defences.clone().keep_pin_file(stop.child_token()));
         let client_info = json!({
             "name": settings.server_info["name"].as_str().unwrap_or("gantry"),
             "version": env!("CARGO_PKG_VERSION"),
@@ -170,7 +182,7 @@ impl Bridge {
                     "{} is not set: MCP session ids are sealed with a random key, so sessions end when this process does and cannot move to another replica",
                     settings.session_secret_env
                 );
-                SessionSealer::random(settings.session_ttl_secs)?
+                SessionSealer::random(settings.session_ttl_secs).map_err(BridgeError::Session)?
             }
         };
         Ok(Bridge {
@@ -186,7 +198,7 @@ impl Bridge {
             upstreams,
             by_name,
             sealer,
-            defences: Defences::default(),
+            defences,
             stop,
             request_ids: std::sync::atomic::AtomicU64::new(1),
         })
@@ -195,6 +207,7 @@ impl Bridge {
     /// Stops the shared connections (child processes are killed).
     pub fn shutdown(&self) {
         self.stop.cancel();
+        self.defences.write_pin_file();
     }
 
     fn next_request_id(&self) -> String {

@@ -5,12 +5,15 @@
 //! before it is forwarded. Every verdict is logged and counted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gantry_policy::config::{DriftAction, VerdictAction};
 use gantry_policy::mcp::pin::{check_pin, definition_digest, DefinitionDigest, PinCheck};
 use gantry_policy::mcp::scan::{scan_definition, DefinitionKind, Finding, ForeignNames};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::settings::{BridgeSettings, UpstreamSettings};
@@ -41,6 +44,26 @@ pub struct Defences {
     /// The other upstreams' names as of each upstream's latest tools list.
     foreign: Mutex<HashMap<String, Foreign>>,
     counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Where first-sight pins are kept across restarts, if configured.
+    pin_file: Option<PathBuf>,
+    /// A pin was taken since the file was last written.
+    pins_dirty: AtomicBool,
+    pins_changed: tokio::sync::Notify,
+}
+
+/// The pin file's format: `{"version": 1, "pins": {"<upstream>": {"<tool>": "sha256:…"}}}`.
+#[derive(Serialize, Deserialize)]
+struct PinFileContents {
+    version: u32,
+    pins: BTreeMap<String, BTreeMap<String, DefinitionDigest>>,
+}
+
+/// Why the pin file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("MCP pin file {path}: {problem}")]
+pub struct PinFileError {
+    pub path: String,
+    pub problem: String,
 }
 
 /// A scan result is cached by the definition and the foreign names it was judged against.
@@ -67,6 +90,78 @@ impl Foreign {
 const SCAN_CACHE_LIMIT: usize = 50_000;
 
 impl Defences {
+    /// Empty defences, with the pins of `pin_file` when it exists. A pin file that cannot be
+    /// read or parsed is an error: starting without the pins would accept drifted definitions
+    /// as new.
+    pub fn load(pin_file: Option<PathBuf>) -> Result<Defences, PinFileError> {
+        let mut first_seen = HashMap::new();
+        if let Some(path) = &pin_file {
+            let error = |problem: String| PinFileError {
+                path: path.display().to_string(),
+                problem,
+            };
+            match std::fs::read(path) {
+                Ok(bytes) => {
+                    let contents: PinFileContents = serde_json::from_slice(&bytes)
+                        .map_err(|e| error(format!("not a pin file: {e}")))?;
+                    if contents.version != 1 {
+                        return Err(error(format!("unknown version {}", contents.version)));
+                    }
+                    for (upstream, tools) in contents.pins {
+                        for (tool, digest) in tools {
+                            first_seen.insert((upstream.clone(), tool), digest);
+                        }
+                    }
+                    tracing::info!(path = %path.display(), pins = first_seen.len(), "loaded MCP tool pins");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(error(e.to_string())),
+            }
+        }
+        Ok(Defences {
+            first_seen: Mutex::new(first_seen),
+            pin_file,
+            ..Defences::default()
+        })
+    }
+
+    /// Writes new pins to the pin file whenever some were taken, until `stop`; then once more.
+    pub async fn keep_pin_file(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        if self.pin_file.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.pins_changed.notified() => {}
+            }
+            let defences = self.clone();
+            let _ = tokio::task::spawn_blocking(move || defences.write_pin_file()).await;
+        }
+        self.write_pin_file();
+    }
+
+    /// Writes the pin file if pins changed (atomically: a temporary file, then a rename).
+    pub fn write_pin_file(&self) {
+        let Some(path) = &self.pin_file else { return };
+        if !self.pins_dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut pins: BTreeMap<String, BTreeMap<String, DefinitionDigest>> = BTreeMap::new();
+        if let Ok(first) = self.first_seen.lock() {
+            for ((upstream, tool), digest) in first.iter() {
+                pins.entry(upstream.clone())
+                    .or_default()
+                    .insert(tool.clone(), *digest);
+            }
+        }
+        let contents = PinFileContents { version: 1, pins };
+        if let Err(e) = write_atomically(path, &contents) {
+            self.pins_dirty.store(true, Ordering::Release);
+            tracing::error!(path = %path.display(), error = %e, "cannot write the MCP pin file; new pins are kept in memory only");
+        }
+    }
+
     /// Judges one listed definition of `upstream`'s `raw_name`.
     pub fn judge(
         &self,
@@ -186,6 +281,10 @@ impl Defences {
                 if let Ok(mut first) = self.first_seen.lock() {
                     first.insert(key, *digest);
                 }
+                if self.pin_file.is_some() {
+                    self.pins_dirty.store(true, Ordering::Release);
+                    self.pins_changed.notify_one();
+                }
                 self.count("pin", "first_seen");
                 tracing::info!(upstream = %upstream.name, tool = %raw_name, %digest, "pinned MCP tool definition on first sight");
                 Verdict::Serve
@@ -268,4 +367,14 @@ impl Defences {
     pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
+}
+
+fn write_atomically(path: &Path, contents: &PinFileContents) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes = serde_json::to_vec_pretty(contents).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
 }

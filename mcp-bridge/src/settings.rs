@@ -82,6 +82,7 @@ pub struct BridgeSettings {
     pub scan_action: VerdictAction,
     pub on_change: DriftAction,
     pub on_collision: VerdictAction,
+    pub pin_file: Option<std::path::PathBuf>,
 }
 
 impl BridgeSettings {
@@ -247,6 +248,11 @@ impl BridgeSettings {
             } else {
                 section.definitions.on_collision
             },
+            pin_file: section
+                .definitions
+                .pin_file
+                .as_ref()
+                .map(|f| std::path::PathBuf::from(&f.value)),
         }
     }
 

@@ -15,18 +15,23 @@ use crate::{http, start_stack};
 /// A stack with the bridge and the given `mcp.upstreams` entries (YAML list items) plus
 /// `extra` lines inside the `mcp` section and `top` lines at the top level.
 async fn bridge_stack(upstreams: &str, extra: &str, top: &str) -> GantryStack {
+    bridge_stack_with_env(upstreams, extra, top, vec![]).await
+}
+
+async fn bridge_stack_with_env(
+    upstreams: &str,
+    extra: &str,
+    top: &str,
+    mut env: Vec<(&'static str, &'static str)>,
+) -> GantryStack {
+    env.push(("GANTRY_MCP_SESSION_SECRET", "test-secret"));
     let ports = StackPorts::free();
     let mcp_port = free_ports(1)[0];
     let yaml = format!(
         "{head}{top}mcp:\n  listen: 127.0.0.1:{mcp_port}\n{extra}  upstreams:\n{upstreams}",
         head = ports.config_head(),
     );
-    start_stack(
-        ports,
-        yaml,
-        vec![("GANTRY_MCP_SESSION_SECRET", "test-secret")],
-    )
-    .await
+    start_stack(ports, yaml, env).await
 }
 
 fn http_upstream(name: &str, peer: &McpPeer) -> String {
@@ -936,4 +941,162 @@ async fn concurrent_lists_on_one_session_are_all_complete() {
             "{tools:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_streams_through_and_completions_are_routed() {
+    let everything = gantry_testkit::mcp_peers::everything(
+        gantry_testkit::mcp_peers::Everything::StreamableHttp,
+    );
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let upstreams = http_upstream("ev", &everything) + &http_upstream("alpha", &alpha);
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    // A long-running tool's progress notifications reach the client on the call's stream,
+    // before the result, with the client's own progress token.
+    let response = raw
+        .client
+        .post(&raw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+                "name": "ev__trigger-long-running-operation",
+                "arguments": {"duration": 1, "steps": 2},
+                "_meta": {"progressToken": "p-1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = response.text().await.unwrap();
+    let messages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let progress: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert!(!progress.is_empty(), "{text}");
+    assert!(
+        progress
+            .iter()
+            .all(|m| m["params"]["progressToken"] == "p-1"),
+        "{text}"
+    );
+    let last = messages.last().expect("a response");
+    assert_eq!(last["id"], 7, "{text}");
+    assert!(last["result"]["content"].is_array(), "{text}");
+
+    // completion/complete goes to the prompt's upstream, with the upstream's own name.
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::Legacy,
+        vec![],
+        None,
+        json!([{"op": "complete", "ref": {"type": "ref/prompt", "name": "alpha__greet"},
+                "argument": {"name": "name", "value": "al"}}]),
+    )
+    .await;
+    let values = &ok_result(&report, 0)["completion"]["values"];
+    assert!(
+        values
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("alice"))),
+        "{}",
+        report.context()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_get_their_own_credentials_never_the_callers() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let auth_port = free_ports(1)[0];
+    let top = format!(
+        "auth:\n  listen: 127.0.0.1:{auth_port}\n  api_keys:\n    - {{ name: alice-key, hash: '{}', user: alice }}\n",
+        KeyHash::of(ALICE)
+    );
+    let upstreams = format!(
+        "    - name: alpha\n      url: '{}'\n      headers:\n        - {{ name: Authorization, value_env: GANTRY_TEST_ALPHA_TOKEN, prefix: 'Bearer ' }}\n        - {{ name: X-Tenant, value: blue }}\n",
+        alpha.url
+    );
+    let stack = bridge_stack_with_env(
+        &upstreams,
+        "",
+        &top,
+        vec![("GANTRY_TEST_ALPHA_TOKEN", "upstream-secret")],
+    )
+    .await;
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::Auto,
+        vec![("authorization".into(), format!("Bearer {ALICE}"))],
+        None,
+        json!([{"op": "call_tool", "name": "alpha__whoami", "args": {}}]),
+    )
+    .await;
+    let seen: Value =
+        serde_json::from_str(&first_text(ok_result(&report, 0))).expect("whoami JSON");
+    assert_eq!(seen["authorization"], "Bearer upstream-secret", "{seen}");
+    assert_eq!(seen["x-tenant"], "blue", "{seen}");
+    assert!(
+        !seen.to_string().contains(ALICE),
+        "the caller's key reached the upstream: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rug_pull_while_gantry_was_down_is_caught_from_the_pin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rug = dir.path().join("rug-pull");
+    let pins = dir.path().join("pins").join("mcp-pins.json");
+    let alpha = FixtureServer::start(
+        "alpha",
+        FixtureOptions {
+            rug_pull_file: Some(rug.clone()),
+            ..FixtureOptions::default()
+        },
+    );
+    let extra = format!("  definitions: {{ pin_file: '{}' }}\n", pins.display());
+    let list = json!([{"op": "list_tools"}]);
+    {
+        let stack = bridge_stack(&http_upstream("alpha", &alpha), &extra, "").await;
+        let report = client(
+            stack.url("/mcp"),
+            ClientMode::Legacy,
+            vec![],
+            None,
+            list.clone(),
+        )
+        .await;
+        assert!(names(ok_result(&report, 0), "tools", "name").contains(&"alpha__weather".into()));
+        gantry_testkit::wait_for(
+            "the pin file to hold weather's pin",
+            std::time::Duration::from_secs(10),
+            || {
+                let text = std::fs::read_to_string(&pins).ok()?;
+                let file: Value = serde_json::from_str(&text).ok()?;
+                file["pins"]["alpha"]["weather"]
+                    .as_str()
+                    .map(str::to_string)
+            },
+        );
+    }
+    // The definition changes while no Gantry runs; the next one still knows the old pin.
+    std::fs::write(&rug, "on").unwrap();
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), &extra, "").await;
+    let report = client(stack.url("/mcp"), ClientMode::Legacy, vec![], None, list).await;
+    let tools = names(ok_result(&report, 0), "tools", "name");
+    assert!(!tools.contains(&"alpha__weather".into()), "{tools:?}");
+    assert!(tools.contains(&"alpha__echo".into()), "{tools:?}");
+    assert!(stack.process.logs().contains("changed since it was pinned"));
 }

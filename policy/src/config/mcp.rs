@@ -274,6 +274,11 @@ pub struct DefinitionsSection {
     /// `naming.mode: none` a collision always withholds both).
     #[serde(default = "alert")]
     pub on_collision: VerdictAction,
+    /// A JSON file that keeps the digests pinned on first sight, so that a definition that
+    /// changed while Gantry was down is still caught after a restart (written by the bridge,
+    /// read at start). Without it, first-sight pins last as long as the process.
+    #[serde(default)]
+    pub pin_file: Option<Spanned<String>>,
 }
 
 fn alert() -> VerdictAction {
@@ -286,6 +291,7 @@ impl Default for DefinitionsSection {
             scan: ScanSection::default(),
             on_change: DriftAction::default(),
             on_collision: VerdictAction::Alert,
+            pin_file: None,
         }
     }
 }
@@ -503,6 +509,15 @@ impl McpSection {
             }
         }
         crate::mcp::authz::validate_rules(&self.rules, issues);
+        if let Some(file) = &self.definitions.pin_file {
+            if file.value.trim().is_empty() || file.value.ends_with('/') {
+                issues.push(issue(
+                    "mcp.definitions.pin_file",
+                    file.referenced.line(),
+                    "must be a file path".into(),
+                ));
+            }
+        }
         if self.definitions.scan.max_description_chars == Some(0) {
             issues.push(issue(
                 "mcp.definitions.scan.max_description_chars",
