@@ -434,7 +434,7 @@ impl Bridge {
         json!({
             "tools": {"listChanged": true},
             "prompts": {"listChanged": true},
-            "resources": {"subscribe": false, "listChanged": true},
+            "resources": {"subscribe": true, "listChanged": true},
             "completions": {},
             "logging": {},
         })
@@ -844,7 +844,10 @@ impl Bridge {
                 ListKind::Tools | ListKind::Prompts => {
                     naming.federated(upstream.name(), &offered_name)
                 }
-                ListKind::Resources | ListKind::Templates => federated_uri(upstream.name(), &raw),
+                ListKind::Resources | ListKind::Templates => match naming.mode {
+                    NamingMode::Prefix => federated_uri(upstream.name(), &raw),
+                    NamingMode::None => raw.clone(),
+                },
             };
             if kind.is_named() {
                 if let Some(owners) = offered.get(&offered_name).filter(|o| o.len() > 1) {
@@ -1051,6 +1054,50 @@ impl Bridge {
         self.forward(d, id, &upstream, method, message).await
     }
 
+    /// The prefix resource URIs of `upstream` get (`None` in naming mode none).
+    fn uri_prefix(&self, upstream: &str) -> Option<String> {
+        (self.settings.naming.mode == NamingMode::Prefix).then(|| upstream.to_string())
+    }
+
+    /// The upstream owning a client-facing resource URI, and the upstream's own URI: by its
+    /// `<upstream>+` prefix, or in naming mode none by asking which upstream lists it (as a
+    /// resource, else through one of its templates).
+    async fn resolve_uri(&self, d: &Downstream, uri: &str) -> Option<(String, String)> {
+        if self.settings.naming.mode == NamingMode::Prefix {
+            return split_uri(uri).map(|(u, raw)| (u.to_string(), raw.to_string()));
+        }
+        let owners = futures::future::join_all(self.upstreams.iter().map(|upstream| async move {
+            let timeout = upstream.timeout();
+            let resources =
+                tokio::time::timeout(timeout, self.collect(d, upstream, ListKind::Resources))
+                    .await
+                    .ok()?
+                    .ok()?;
+            if resources.iter().any(|r| r["uri"].as_str() == Some(uri)) {
+                return Some((upstream.name().to_string(), 2));
+            }
+            let templates =
+                tokio::time::timeout(timeout, self.collect(d, upstream, ListKind::Templates))
+                    .await
+                    .ok()?
+                    .ok()?;
+            templates
+                .iter()
+                .filter_map(|t| t["uriTemplate"].as_str())
+                .any(|t| gantry_policy::mcp::names::template_matches(t, uri))
+                .then(|| (upstream.name().to_string(), 1))
+        }))
+        .await;
+        // An exact resource wins over a template match; ties have no owner.
+        let mut owners: Vec<(String, u8)> = owners.into_iter().flatten().collect();
+        owners.sort_by_key(|o| std::cmp::Reverse(o.1));
+        match owners.as_slice() {
+            [(owner, _)] => Some((owner.clone(), uri.to_string())),
+            [(owner, best), (_, next), ..] if best > next => Some((owner.clone(), uri.to_string())),
+            _ => None,
+        }
+    }
+
     /// With naming mode `none`: the one upstream offering `name` (a name two upstreams
     /// offer is withheld in that mode, so it has no owner).
     async fn owner_without_prefix(
@@ -1170,9 +1217,10 @@ impl Bridge {
                 Some(json!({"uri": uri})),
             )
         };
-        let Some((upstream_name, raw_uri)) = split_uri(&uri) else {
+        let Some((upstream_name, raw_uri)) = self.resolve_uri(d, &uri).await else {
             return not_found();
         };
+        let (upstream_name, raw_uri) = (upstream_name.as_str(), raw_uri.as_str());
         let Some(settings) = self.upstream_settings(upstream_name) else {
             return not_found();
         };
@@ -1255,7 +1303,8 @@ impl Bridge {
                 (upstream, json!({"type": "ref/prompt", "name": raw}))
             }
             Some("ref/resource") => {
-                let Some((upstream, uri)) = reference["uri"].as_str().and_then(split_uri) else {
+                let federated = reference["uri"].as_str().unwrap_or("").to_string();
+                let Some((upstream, uri)) = self.resolve_uri(d, &federated).await else {
                     return Reply::error(
                         200,
                         Some(id),
@@ -1317,6 +1366,7 @@ impl Bridge {
             };
         let translator = Translator {
             upstream: upstream.name().to_string(),
+            uri_prefix: self.uri_prefix(upstream.name()),
             client_id: id.clone(),
             method: method.to_string(),
             stateless: d.era == Era::Stateless,
@@ -1437,13 +1487,14 @@ impl Bridge {
             }
         }))
         .await;
+        let prefix_uris = self.settings.naming.mode == NamingMode::Prefix;
         let streams: Vec<BoxStream<'static, Value>> = opened
             .into_iter()
             .flatten()
             .map(|(upstream, stream)| {
                 let stream: BoxStream<'static, Value> = Box::pin(stream.filter_map(move |m| {
                     let upstream = upstream.clone();
-                    async move { m.ok().map(|m| listened_message(&upstream, m)) }
+                    async move { m.ok().map(|m| listened_message(&upstream, prefix_uris, m)) }
                 }));
                 stream
             })
@@ -1493,11 +1544,15 @@ impl Bridge {
             let wanted = wanted.clone();
             let uris = uris.clone();
             async move {
-                let own_uris: Vec<Value> = uris
-                    .iter()
-                    .filter_map(|u| split_uri(u).filter(|(owner, _)| *owner == upstream.name()))
-                    .map(|(_, raw)| Value::from(raw))
-                    .collect();
+                let own_uris: Vec<Value> = match self.settings.naming.mode {
+                    NamingMode::Prefix => uris
+                        .iter()
+                        .filter_map(|u| split_uri(u).filter(|(owner, _)| *owner == upstream.name()))
+                        .map(|(_, raw)| Value::from(raw))
+                        .collect(),
+                    // URIs are the upstreams' own: each upstream accepts those it knows.
+                    NamingMode::None => uris.iter().map(|u| Value::from(u.as_str())).collect(),
+                };
                 let mut filter = json!({});
                 for flag in flags {
                     if wanted[flag] == true {
@@ -1526,6 +1581,7 @@ impl Bridge {
             }
         }))
         .await;
+        let prefix_uris = self.settings.naming.mode == NamingMode::Prefix;
         let mut accepted = json!({});
         let mut streams: Vec<BoxStream<'static, Value>> = Vec::new();
         for (upstream, upstream_accepted, stream) in opened.into_iter().flatten() {
@@ -1541,13 +1597,16 @@ impl Bridge {
                 });
                 if let Some(Value::Array(list)) = list {
                     for uri in raw.iter().filter_map(Value::as_str) {
-                        list.push(Value::from(federated_uri(&upstream, uri)));
+                        list.push(Value::from(match prefix_uris {
+                            true => federated_uri(&upstream, uri),
+                            false => uri.to_string(),
+                        }));
                     }
                 }
             }
             streams.push(Box::pin(stream.filter_map(move |m| {
                 let upstream = upstream.clone();
-                async move { m.ok().map(|m| listened_message(&upstream, m)) }
+                async move { m.ok().map(|m| listened_message(&upstream, prefix_uris, m)) }
             })));
         }
         let subscription_id = id.clone();
@@ -1640,6 +1699,8 @@ fn relayable_meta(meta: &Value) -> Value {
 /// Turns upstream messages into what the client sees.
 struct Translator {
     upstream: String,
+    /// The upstream name resource URIs get as prefix (`None` in naming mode none).
+    uri_prefix: Option<String>,
     client_id: Value,
     method: String,
     stateless: bool,
@@ -1659,7 +1720,7 @@ impl Translator {
         }
         message["id"] = self.client_id.clone();
         if let Some(result) = message.get_mut("result") {
-            rewrite_uris(&self.upstream, &self.method, result);
+            rewrite_uris(self.uri_prefix.as_deref(), &self.method, result);
             if self.stateless {
                 if let Some(object) = result.as_object_mut() {
                     object
@@ -1686,7 +1747,10 @@ impl Translator {
 }
 
 /// Resource URIs inside results point back through the bridge.
-fn rewrite_uris(upstream: &str, method: &str, result: &mut Value) {
+fn rewrite_uris(upstream: Option<&str>, method: &str, result: &mut Value) {
+    let Some(upstream) = upstream else {
+        return; // naming mode none: URIs are the upstreams' own
+    };
     let rewrite = |value: &mut Value| {
         if let Some(uri) = value.get("uri").and_then(Value::as_str) {
             let federated = federated_uri(upstream, uri);
@@ -1736,7 +1800,7 @@ fn rewrite_uris(upstream: &str, method: &str, result: &mut Value) {
 }
 
 /// A message from an upstream's standalone stream, as the client sees it.
-fn listened_message(upstream: &str, mut message: Value) -> Value {
+fn listened_message(upstream: &str, prefix_uris: bool, mut message: Value) -> Value {
     if message.get("method").is_some() && message.get("id").is_some() {
         let original = message["id"].clone();
         message["id"] = Value::from(relayed_id(upstream, &original));
@@ -1744,7 +1808,7 @@ fn listened_message(upstream: &str, mut message: Value) -> Value {
     }
     match message.get("method").and_then(Value::as_str) {
         Some("notifications/resources/updated") => {
-            if let Some(uri) = message["params"]["uri"].as_str() {
+            if let Some(uri) = message["params"]["uri"].as_str().filter(|_| prefix_uris) {
                 message["params"]["uri"] = Value::from(federated_uri(upstream, uri));
             }
         }
@@ -1862,11 +1926,11 @@ mod tests {
             {"type": "resource_link", "uri": "memo://a", "name": "a"},
             {"type": "resource", "resource": {"uri": "memo://b", "text": "b"}}
         ]});
-        rewrite_uris("docs", "tools/call", &mut result);
+        rewrite_uris(Some("docs"), "tools/call", &mut result);
         assert_eq!(result["content"][1]["uri"], "docs+memo://a");
         assert_eq!(result["content"][2]["resource"]["uri"], "docs+memo://b");
         let mut read = json!({"contents": [{"uri": "memo://a", "text": "t"}]});
-        rewrite_uris("docs", "resources/read", &mut read);
+        rewrite_uris(Some("docs"), "resources/read", &mut read);
         assert_eq!(read["contents"][0]["uri"], "docs+memo://a");
     }
 }

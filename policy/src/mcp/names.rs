@@ -166,6 +166,57 @@ pub fn split_uri(federated: &str) -> Option<(&str, &str)> {
     .then_some((upstream, uri))
 }
 
+/// Whether `uri` is an expansion of the URI template `template` (RFC 6570 level 1: each
+/// `{var}` stands for one or more characters other than `/`; `{+var}`, `{#var}` and
+/// `{/var}`-style operators may also span `/`).
+pub fn template_matches(template: &str, uri: &str) -> bool {
+    // Split into literal parts and placeholders; placeholders match lazily but at least one
+    // character, backtracking over the literal parts.
+    fn go(parts: &[(bool, &str)], uri: &str) -> bool {
+        match parts.split_first() {
+            None => uri.is_empty(),
+            Some(((false, literal), rest)) => {
+                uri.strip_prefix(literal).is_some_and(|tail| go(rest, tail))
+            }
+            Some(((true, spans_slash), rest)) => {
+                let spans = !spans_slash.is_empty();
+                for (i, c) in uri.char_indices() {
+                    if c == '/' && !spans {
+                        return false;
+                    }
+                    let end = i + c.len_utf8();
+                    if go(rest, &uri[end..]) {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
+    }
+    let mut parts: Vec<(bool, &str)> = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        if open > 0 {
+            parts.push((false, &rest[..open]));
+        }
+        let expression = &rest[open + 1..open + close];
+        let spans = if expression.starts_with(['+', '#', '/', '.', ';', '?', '&']) {
+            "y"
+        } else {
+            ""
+        };
+        parts.push((true, spans));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push((false, rest));
+    }
+    go(&parts, uri)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +273,24 @@ mod tests {
         assert!(is_valid_item_name(&name));
         assert!(!is_valid_item_name("has space"));
         assert!(!is_valid_item_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn uri_templates_match_their_expansions() {
+        assert!(template_matches("memo://notes/{id}", "memo://notes/7"));
+        assert!(!template_matches("memo://notes/{id}", "memo://notes/"));
+        assert!(!template_matches("memo://notes/{id}", "memo://notes/7/8"));
+        assert!(template_matches(
+            "test://template/{id}/data",
+            "test://template/123/data"
+        ));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template/123/other"
+        ));
+        assert!(template_matches("file:///{+path}", "file:///a/b/c.txt"));
+        assert!(template_matches("exact://x", "exact://x"));
+        assert!(!template_matches("exact://x", "exact://y"));
     }
 
     #[test]
