@@ -1100,3 +1100,71 @@ async fn a_rug_pull_while_gantry_was_down_is_caught_from_the_pin_file() {
     assert!(tools.contains(&"alpha__echo".into()), "{tools:?}");
     assert!(stack.process.logs().contains("changed since it was pinned"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_of_every_upstream_is_collected_and_a_closed_upstream_fails_the_list() {
+    let paged = FixtureServer::start(
+        "paged",
+        FixtureOptions {
+            extra_tools: 25,
+            page_size: 10,
+            ..FixtureOptions::default()
+        },
+    );
+    let mut strict = FixtureServer::start("strict", FixtureOptions::default());
+    let upstreams = http_upstream("paged", &paged)
+        + &format!(
+            "    - {{ name: strict, url: '{}', timeout_ms: 3000, failure_mode: closed }}\n",
+            strict.url
+        );
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::V2026_07_28,
+        vec![],
+        None,
+        json!([{"op": "list_tools"}]),
+    )
+    .await;
+    let list = ok_result(&report, 0);
+    assert!(list.get("nextCursor").is_none(), "{list}");
+    let tools = names(list, "tools", "name");
+    let paged_tools: Vec<&String> = tools.iter().filter(|t| t.starts_with("paged__")).collect();
+    // 6 fixture tools and 25 extra ones, over four upstream pages.
+    assert_eq!(paged_tools.len(), 31, "{tools:?}");
+    assert!(tools.contains(&"paged__t0024".to_string()), "{tools:?}");
+    assert!(tools.contains(&"strict__echo".to_string()), "{tools:?}");
+
+    // `failure_mode: closed`: without that upstream the list fails as a whole, naming it.
+    strict.kill();
+    let report = client(
+        stack.url("/mcp"),
+        ClientMode::Legacy,
+        vec![],
+        None,
+        json!([{"op": "list_tools"}]),
+    )
+    .await;
+    let error = report.error(0);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("upstream 'strict'"),
+        "{error}"
+    );
+    // Calls to the other upstream still work (raw: the SDK client lists before it calls).
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let (_, _, body) = raw
+        .post(
+            &[
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                    "params": {"name": "paged__echo", "arguments": {"text": "x"}}}),
+        )
+        .await;
+    assert_eq!(first_text(&body["result"]), "paged: x", "{body}");
+}

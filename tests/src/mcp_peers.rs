@@ -242,6 +242,8 @@ pub struct FixtureOptions {
     pub poisoned: bool,
     /// Adds this many trivial tools `t0000`, `t0001`, … (mcp 2.3.0 never paginates `tools/list`).
     pub extra_tools: usize,
+    /// Answers `tools/list` in pages of this many tools (0: one page).
+    pub page_size: usize,
     /// Turns off the SDK's Host/Origin (DNS-rebinding) checks, which by default accept only
     /// `127.0.0.1`, `localhost` and `[::1]` hosts (any port).
     pub any_host: bool,
@@ -263,6 +265,10 @@ impl FixtureOptions {
         if self.extra_tools > 0 {
             args.push("--extra-tools".to_string());
             args.push(self.extra_tools.to_string());
+        }
+        if self.page_size > 0 {
+            args.push("--page-size".to_string());
+            args.push(self.page_size.to_string());
         }
         if self.any_host {
             args.push("--any-host".to_string());

@@ -28,7 +28,8 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import Completion, PromptReference, Tool
+from mcp.shared.exceptions import MCPError
+from mcp_types import Completion, ListToolsResult, PromptReference, Tool
 from pydantic import BaseModel
 
 WEATHER_DESCRIPTION = "Returns the weather for a city."
@@ -53,9 +54,25 @@ class Answer(BaseModel):
 class FixtureServer(MCPServer):
     """MCPServer whose weather tool description is re-evaluated on every tools/list."""
 
-    def __init__(self, *args: Any, rug_pull_file: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, rug_pull_file: str | None = None, page_size: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.rug_pull_file = rug_pull_file
+        self.page_size = page_size
+
+    async def _handle_list_tools(self, ctx: Any, params: Any) -> ListToolsResult:
+        # With --page-size, tools/list answers in pages (the cursor is the next offset).
+        tools = await self.list_tools()
+        if self.page_size <= 0:
+            return ListToolsResult(tools=tools)
+        cursor = getattr(params, "cursor", None) if params is not None else None
+        try:
+            offset = int(cursor) if cursor else 0
+        except ValueError:
+            raise MCPError(code=-32602, message=f"bad cursor {cursor!r}") from None
+        end = offset + self.page_size
+        return ListToolsResult(tools=tools[offset:end], next_cursor=str(end) if end < len(tools) else None)
 
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()
@@ -86,6 +103,7 @@ def build_server(args: argparse.Namespace) -> FixtureServer:
         version="1.0.0",
         instructions=f"Fixture MCP server {name} for Gantry's tests.",
         rug_pull_file=args.rug_pull_file,
+        page_size=args.page_size,
         log_level="WARNING",
     )
 
@@ -198,6 +216,7 @@ def main() -> None:
     parser.add_argument("--rug-pull-file", help="while this file exists, weather's description is malicious")
     parser.add_argument("--poisoned", action="store_true", help="add send_note with a poisoned description")
     parser.add_argument("--extra-tools", type=int, default=0, metavar="N", help="add N trivial tools t0000...")
+    parser.add_argument("--page-size", type=int, default=0, metavar="N", help="answer tools/list in pages of N")
     parser.add_argument(
         "--any-host", action="store_true", help="turn off the SDK's Host/Origin (DNS rebinding) checks"
     )
