@@ -1168,3 +1168,96 @@ async fn every_page_of_every_upstream_is_collected_and_a_closed_upstream_fails_t
         .await;
     assert_eq!(first_text(&body["result"]), "paged: x", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_the_upstream_in_both_eras() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let stack = bridge_stack(&http_upstream("alpha", &alpha), "", "").await;
+    let raw = Raw::new(&stack);
+    let slow = |seconds: u64| {
+        json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call",
+               "params": {"name": "alpha__slow", "arguments": {"seconds": seconds}}})
+    };
+    // Handshake era: the client sends notifications/cancelled for its request id.
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let pending = {
+        let client = raw.client.clone();
+        let url = raw.url.clone();
+        let session = session.clone();
+        let body = slow(20).to_string();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    gantry_testkit::wait_for(
+        "the slow call to start upstream",
+        std::time::Duration::from_secs(10),
+        || alpha.logs().contains("slow(20.0) started").then_some(()),
+    );
+    let (status, _, _) = raw
+        .post(
+            &legacy,
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 41, "reason": "test"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    gantry_testkit::wait_for(
+        "the upstream to see the cancellation",
+        std::time::Duration::from_secs(10),
+        || {
+            alpha
+                .logs()
+                .contains("slow(20.0) was cancelled")
+                .then_some(())
+        },
+    );
+    pending.abort();
+
+    // 2026-07-28: closing the response stream cancels.
+    let modern = raw.client.clone();
+    let url = raw.url.clone();
+    let mut call = slow(30);
+    call["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                     "io.modelcontextprotocol/clientCapabilities": {}});
+    let request = tokio::spawn(async move {
+        modern
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "alpha__slow")
+            .body(call.to_string())
+            .send()
+            .await
+    });
+    gantry_testkit::wait_for(
+        "the second slow call to start upstream",
+        std::time::Duration::from_secs(10),
+        || alpha.logs().contains("slow(30.0) started").then_some(()),
+    );
+    request.abort();
+    gantry_testkit::wait_for(
+        "the upstream to see the stream close",
+        std::time::Duration::from_secs(15),
+        || {
+            alpha
+                .logs()
+                .contains("slow(30.0) was cancelled")
+                .then_some(())
+        },
+    );
+}

@@ -117,7 +117,13 @@ def build_server(args: argparse.Namespace) -> FixtureServer:
 
     @server.tool(description="Sleeps for the given number of seconds, then returns 'done'.")
     async def slow(seconds: float) -> str:
-        await anyio.sleep(seconds)
+        print(f"slow({seconds}) started", file=sys.stderr, flush=True)
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            # Tests read this line to see that a cancellation reached the upstream.
+            print(f"slow({seconds}) was cancelled", file=sys.stderr, flush=True)
+            raise
         return "done"
 
     @server.tool(description="Returns the x-* and authorization request headers this server received, as JSON.")
