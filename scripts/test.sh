@@ -14,6 +14,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 mkdir -p target
+# The Envoy dynamic module (libgantry.so) is loaded by the e2e tests, not linked into them.
+cargo build --quiet -p gantry-dynamic-module
 cargo test --workspace 2>&1 | tee target/test-output.log
 echo "== benchmark smoke run (debug build: checks the benchmark works, its figures mean nothing)"
 cargo build --quiet -p gantry -p gantry-bench

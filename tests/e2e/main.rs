@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod concurrency;
+mod dynamic_module;
 mod envoy_configs;
 mod errors;
 mod fail_mode;
