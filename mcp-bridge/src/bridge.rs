@@ -27,6 +27,8 @@ use crate::upstream::{
     final_answer, Hop, OpenedSession, Upstream, UpstreamEraKnown, UpstreamError, UpstreamMessages,
 };
 
+/// How long `initialize` waits for each upstream's own session before answering the client.
+const INITIALIZE_FAN_OUT_DEADLINE: Duration = Duration::from_secs(3);
 /// Most pages read from one upstream for one list.
 const MAX_PAGES: usize = 100;
 /// A tool's remembered verdict is re-checked against a fresh list when older than this.
@@ -482,7 +484,15 @@ impl Bridge {
                 let capabilities = capabilities.clone();
                 let client_info = client_info.clone();
                 async move {
-                    let result = u.open_session(&version, &capabilities, &client_info).await;
+                    // A slow upstream must not hold up the client's initialize: one that does
+                    // not answer in time is opened on first use instead.
+                    let deadline = u.timeout().min(INITIALIZE_FAN_OUT_DEADLINE);
+                    let result = tokio::time::timeout(
+                        deadline,
+                        u.open_session(&version, &capabilities, &client_info),
+                    )
+                    .await
+                    .unwrap_or(Err(UpstreamError::Timeout));
                     (u.clone(), result)
                 }
             }))
@@ -500,16 +510,24 @@ impl Bridge {
                         protocol_version: session.protocol_version,
                     });
                 }
-                Err(e) => match upstream.era().await {
-                    Ok(UpstreamEraKnown::Stateless) => state.upstreams.push(UpstreamSession {
-                        upstream: upstream.name().to_string(),
-                        session_id: None,
-                        protocol_version: protocol::LATEST_MODERN_VERSION.to_string(),
-                    }),
-                    _ => {
-                        tracing::warn!(upstream = %upstream.name(), error = %e, "could not open an upstream session; it will be retried on use")
+                // Refused by a stateless-only upstream: reach it with stateless requests.
+                // Unreachable or slow: leave it out, and open it on first use.
+                Err(e) => {
+                    let stateless =
+                        !matches!(e, UpstreamError::Timeout | UpstreamError::Connect(_))
+                            && tokio::time::timeout(INITIALIZE_FAN_OUT_DEADLINE, upstream.era())
+                                .await
+                                .is_ok_and(|era| era == Ok(UpstreamEraKnown::Stateless));
+                    if stateless {
+                        state.upstreams.push(UpstreamSession {
+                            upstream: upstream.name().to_string(),
+                            session_id: None,
+                            protocol_version: protocol::LATEST_MODERN_VERSION.to_string(),
+                        });
+                    } else {
+                        tracing::warn!(upstream = %upstream.name(), error = %e, "could not open an upstream session; it will be retried on use");
                     }
-                },
+                }
             }
         }
         let session_id = match self.sealer.seal(&state) {
@@ -1567,7 +1585,7 @@ impl Bridge {
                     Hop::Stateless { .. } => {
                         let request = json!({"jsonrpc": "2.0", "id": self.next_request_id(),
                                              "method": "subscriptions/listen", "params": {"notifications": filter}});
-                        let mut messages = upstream.request(&hop, request).await.ok()?;
+                        let mut messages = upstream.open_subscription(&hop, request).await.ok()?;
                         let first = tokio::time::timeout(upstream.timeout(), messages.next()).await.ok()??.ok()?;
                         if first.get("method").and_then(Value::as_str) != Some("notifications/subscriptions/acknowledged") {
                             tracing::info!(upstream = %upstream.name(), "subscriptions/listen was not acknowledged");

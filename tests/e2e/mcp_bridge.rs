@@ -1261,3 +1261,36 @@ async fn cancellation_reaches_the_upstream_in_both_eras() {
         },
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_upstream_does_not_hold_up_initialize() {
+    let alpha = FixtureServer::start("alpha", FixtureOptions::default());
+    let beta = FixtureServer::start("beta", FixtureOptions::default());
+    // beta may take a minute per call: longer than the client waits for initialize (30 s).
+    let upstreams = http_upstream("alpha", &alpha)
+        + &format!(
+            "    - {{ name: beta, url: '{}', timeout_ms: 60000 }}\n",
+            beta.url
+        );
+    let stack = bridge_stack(&upstreams, "", "").await;
+    let beta_pid = beta.pid().expect("beta runs") as i32;
+    // Stopped, beta's kernel still accepts connections but nothing answers.
+    // SAFETY: plain syscalls on our own child's process group.
+    unsafe { libc::kill(-beta_pid, libc::SIGSTOP) };
+    let raw = Raw::new(&stack);
+    let session = raw.initialize(&[]).await;
+    let legacy = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let call = |tool: &str| {
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"text": "hi"}}})
+    };
+    let (_, _, body) = raw.post(&legacy, &call("alpha__echo")).await;
+    assert_eq!(first_text(&body["result"]), "alpha: hi", "{body}");
+    // Resumed, beta is opened on first use.
+    unsafe { libc::kill(-beta_pid, libc::SIGCONT) };
+    let (_, _, body) = raw.post(&legacy, &call("beta__echo")).await;
+    assert_eq!(first_text(&body["result"]), "beta: hi", "{body}");
+}

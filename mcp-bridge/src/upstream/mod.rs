@@ -335,6 +335,17 @@ impl Upstream {
         }
     }
 
+    /// Opens a long-lived request (`subscriptions/listen`): like [`Upstream::request`], but it
+    /// takes no concurrency slot, since it holds its stream for as long as the client listens
+    /// and would otherwise starve calls.
+    pub async fn open_subscription(
+        &self,
+        hop: &Hop,
+        message: Value,
+    ) -> Result<UpstreamMessages, UpstreamError> {
+        self.send(hop, message).await
+    }
+
     async fn send(&self, hop: &Hop, message: Value) -> Result<UpstreamMessages, UpstreamError> {
         match &self.transport {
             Transport::Shared(connection) => {
