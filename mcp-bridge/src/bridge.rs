@@ -1360,7 +1360,8 @@ impl Bridge {
             .await
     }
 
-    /// Sends a routed request and turns the upstream's messages into the client's answer.
+    /// Sends a routed request and turns the upstream's messages into the client's answer. The
+    /// whole answer must arrive within the upstream's timeout.
     async fn forward(
         &self,
         d: &Downstream,
@@ -1370,17 +1371,12 @@ impl Bridge {
         message: Value,
     ) -> Reply {
         let deadline = tokio::time::Instant::now() + upstream.timeout();
+        let failed = |e: &UpstreamError| Reply::ok(upstream_error(upstream.name(), Some(id), e));
         let mut messages =
             match tokio::time::timeout_at(deadline, self.call(d, upstream, message)).await {
                 Ok(Ok(messages)) => messages,
-                Ok(Err(e)) => return Reply::ok(upstream_error(upstream.name(), Some(id), &e)),
-                Err(_) => {
-                    return Reply::ok(upstream_error(
-                        upstream.name(),
-                        Some(id),
-                        &UpstreamError::Timeout,
-                    ))
-                }
+                Ok(Err(e)) => return failed(&e),
+                Err(_) => return failed(&UpstreamError::Timeout),
             };
         let translator = Translator {
             upstream: upstream.name().to_string(),
@@ -1390,101 +1386,38 @@ impl Bridge {
             stateless: d.era == Era::Stateless,
             server_info: self.settings.server_info.clone(),
         };
-        let first = match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(Ok(first))) => first,
-            Ok(Some(Err(e))) => return Reply::ok(upstream_error(upstream.name(), Some(id), &e)),
-            Ok(None) => {
-                return Reply::ok(upstream_error(
-                    upstream.name(),
-                    Some(id),
-                    &UpstreamError::Closed,
-                ))
-            }
-            Err(_) => {
-                return Reply::ok(upstream_error(
-                    upstream.name(),
-                    Some(id),
-                    &UpstreamError::Timeout,
-                ))
-            }
+        let first = match next_before(&mut messages, deadline).await {
+            Ok(first) => first,
+            Err(e) => return failed(&e),
         };
-        if first.get("method").is_none() {
+        if is_response(&first) {
             return Reply::ok(translator.translate(first));
         }
         if !d.accepts_sse {
             // The client takes JSON only: wait for the response, dropping what comes before.
             loop {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(m))) if m.get("method").is_none() => {
-                        return Reply::ok(translator.translate(m))
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    Ok(Some(Err(e))) => {
-                        return Reply::ok(upstream_error(upstream.name(), Some(id), &e))
-                    }
-                    Ok(None) => {
-                        return Reply::ok(upstream_error(
-                            upstream.name(),
-                            Some(id),
-                            &UpstreamError::Closed,
-                        ))
-                    }
-                    Err(_) => {
-                        return Reply::ok(upstream_error(
-                            upstream.name(),
-                            Some(id),
-                            &UpstreamError::Timeout,
-                        ))
-                    }
+                match next_before(&mut messages, deadline).await {
+                    Ok(m) if is_response(&m) => return Reply::ok(translator.translate(m)),
+                    Ok(_) => continue,
+                    Err(e) => return failed(&e),
                 }
             }
         }
-        let upstream_name = upstream.name().to_string();
-        let client_id = id.clone();
-        let rest = futures::stream::unfold(
-            (Some(messages), translator, Some(first)),
-            move |(messages, translator, pending)| {
-                let upstream_name = upstream_name.clone();
-                let client_id = client_id.clone();
-                async move {
-                    if let Some(first) = pending {
-                        return Some((translator.translate(first), (messages, translator, None)));
-                    }
-                    let mut messages = messages?;
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(Some(Ok(m))) => {
-                            let done = m.get("method").is_none();
-                            let out = translator.translate(m);
-                            Some((
-                                out,
-                                (if done { None } else { Some(messages) }, translator, None),
-                            ))
-                        }
-                        Ok(Some(Err(e))) => Some((
-                            upstream_error(&upstream_name, Some(&client_id), &e),
-                            (None, translator, None),
-                        )),
-                        Ok(None) => Some((
-                            upstream_error(
-                                &upstream_name,
-                                Some(&client_id),
-                                &UpstreamError::Closed,
-                            ),
-                            (None, translator, None),
-                        )),
-                        Err(_) => Some((
-                            upstream_error(
-                                &upstream_name,
-                                Some(&client_id),
-                                &UpstreamError::Timeout,
-                            ),
-                            (None, translator, None),
-                        )),
-                    }
-                }
-            },
-        );
-        Reply::Stream(Box::pin(rest))
+        // Stream: the first message, then the rest up to the response (or an error in its
+        // place, which also ends the stream).
+        let rest = futures::stream::unfold(Some(messages), move |messages| async move {
+            let mut messages = messages?;
+            let next = next_before(&mut messages, deadline).await;
+            let done = next.as_ref().map_or(true, is_response);
+            Some((next, (!done).then_some(messages)))
+        });
+        let translated = futures::stream::once(async { Ok(first) })
+            .chain(rest)
+            .map(move |next| match next {
+                Ok(m) => translator.translate(m),
+                Err(e) => upstream_error(&translator.upstream, Some(&translator.client_id), &e),
+            });
+        Reply::Stream(Box::pin(translated))
     }
 
     /// A handshake-era session's standalone stream: the GET streams of its upstream sessions
@@ -1842,6 +1775,23 @@ fn listened_message(upstream: &str, prefix_uris: bool, mut message: Value) -> Va
         _ => {}
     }
     message
+}
+
+/// Whether an upstream message is the response (not a notification or a server request).
+fn is_response(message: &Value) -> bool {
+    message.get("method").is_none()
+}
+
+/// The upstream's next message, or why there is none before `deadline`.
+async fn next_before(
+    messages: &mut UpstreamMessages,
+    deadline: tokio::time::Instant,
+) -> Result<Value, UpstreamError> {
+    match tokio::time::timeout_at(deadline, messages.next()).await {
+        Ok(Some(message)) => message,
+        Ok(None) => Err(UpstreamError::Closed),
+        Err(_) => Err(UpstreamError::Timeout),
+    }
 }
 
 /// The id a relayed server request gets: the upstream and its own id, recoverable.

@@ -47,10 +47,11 @@ pub fn references_llm(source: &str) -> bool {
         .unwrap_or(false)
 }
 
-struct Rule {
-    name: String,
-    action: RuleAction,
-    program: Program,
+/// One compiled rule (auth rules and MCP rules alike).
+pub(crate) struct Rule {
+    pub(crate) name: String,
+    pub(crate) action: RuleAction,
+    pub(crate) program: Program,
 }
 
 impl std::fmt::Debug for Rule {
@@ -131,37 +132,43 @@ impl RuleSet {
                 context.add_variable_from_value(*name, variable(name, facts));
             }
         }
-        let mut allowed_by = None;
-        for rule in &self.rules {
-            let matched = match rule.program.execute(&context) {
-                Ok(CelValue::Bool(b)) => b,
-                Ok(other) => {
-                    tracing::debug!(rule = %rule.name, value = ?other, "rule condition is not a boolean; treated as no match");
-                    false
-                }
-                Err(e) => {
-                    tracing::debug!(rule = %rule.name, error = %e, "rule condition failed; treated as no match");
-                    false
-                }
-            };
-            if !matched {
-                continue;
+        evaluate_rules(&self.rules, &context)
+    }
+}
+
+/// The verdict of ordered rules in `context`: the first matching `deny` wins, else any
+/// matching `allow` admits, else nothing does.
+pub(crate) fn evaluate_rules(rules: &[Rule], context: &Context) -> RuleVerdict {
+    let mut allowed_by = None;
+    for rule in rules {
+        let matched = match rule.program.execute(context) {
+            Ok(CelValue::Bool(b)) => b,
+            Ok(other) => {
+                tracing::debug!(rule = %rule.name, value = ?other, "rule condition is not a boolean; treated as no match");
+                false
             }
-            match rule.action {
-                RuleAction::Deny => {
-                    return RuleVerdict::Denied {
-                        rule: rule.name.clone(),
-                    }
+            Err(e) => {
+                tracing::debug!(rule = %rule.name, error = %e, "rule condition failed; treated as no match");
+                false
+            }
+        };
+        if !matched {
+            continue;
+        }
+        match rule.action {
+            RuleAction::Deny => {
+                return RuleVerdict::Denied {
+                    rule: rule.name.clone(),
                 }
-                RuleAction::Allow => {
-                    allowed_by.get_or_insert_with(|| rule.name.clone());
-                }
+            }
+            RuleAction::Allow => {
+                allowed_by.get_or_insert_with(|| rule.name.clone());
             }
         }
-        match allowed_by {
-            Some(rule) => RuleVerdict::Allowed { rule },
-            None => RuleVerdict::NoneAllowed,
-        }
+    }
+    match allowed_by {
+        Some(rule) => RuleVerdict::Allowed { rule },
+        None => RuleVerdict::NoneAllowed,
     }
 }
 

@@ -20,8 +20,8 @@ use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Program, Value as CelValue};
 use serde_json::{Map, Value};
 
-use crate::auth::rules::{env, object_to_cel, RuleVerdict};
-use crate::config::{issue, ConfigIssue, RuleAction, RuleSection};
+use crate::auth::rules::{env, evaluate_rules, object_to_cel, Rule, RuleVerdict};
+use crate::config::{issue, ConfigIssue, RuleSection};
 use crate::governance::scope::compile_with_variables;
 
 /// Variables MCP rules may read.
@@ -85,12 +85,6 @@ pub struct McpFacts<'a> {
     pub server: &'a str,
     pub arguments: Option<&'a Map<String, Value>>,
     pub headers: &'a HashMap<String, String>,
-}
-
-struct Rule {
-    name: String,
-    action: RuleAction,
-    program: Program,
 }
 
 /// The compiled `mcp.rules`.
@@ -176,30 +170,7 @@ impl McpRules {
                 map([("headers", CelValue::Map(CelMap::from(headers)))]),
             );
         }
-        let mut allowed_by = None;
-        for rule in &self.rules {
-            let matched = match rule.program.execute(&context) {
-                Ok(CelValue::Bool(b)) => b,
-                Ok(_) | Err(_) => false,
-            };
-            if !matched {
-                continue;
-            }
-            match rule.action {
-                RuleAction::Deny => {
-                    return RuleVerdict::Denied {
-                        rule: rule.name.clone(),
-                    }
-                }
-                RuleAction::Allow => {
-                    allowed_by.get_or_insert_with(|| rule.name.clone());
-                }
-            }
-        }
-        match allowed_by {
-            Some(rule) => RuleVerdict::Allowed { rule },
-            None => RuleVerdict::NoneAllowed,
-        }
+        evaluate_rules(&self.rules, &context)
     }
 
     /// Whether the verdict lets the item through.
