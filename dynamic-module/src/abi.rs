@@ -1,8 +1,16 @@
 //! Envoy 1.40's dynamic-module C ABI (`v0.2.0`), declared by hand: the official Rust SDK is not
-//! on crates.io. Only the callbacks Gantry uses are imported; each was checked against the
-//! pinned Envoy binary's export table (the `abi_imports` test runs `nm -D` on both), and the
-//! signatures against `shared/ref/envoy-dynamic-modules.md` §5–6. Envoy checks names only, never
-//! signatures: keep this file small and change it only against a new Envoy's abi.h.
+//! on crates.io. Only the callbacks Gantry uses are imported; each name is checked against the
+//! pinned Envoy binary's export table (`tests/e2e/dynamic_module.rs` runs `nm -D` on both).
+//! Envoy checks names only, never signatures, so the parameter lists matter:
+//!
+//! - `log`, `http_get_header`, `http_set_header`, `http_send_response` were verified at runtime
+//!   on 1.40.0 (`shared/ref/envoy-dynamic-modules.md` §6);
+//! - the header-list, body, metadata, route-cache and attribute callbacks are declared as in
+//!   Envoy's `abi.h` at ABI `v0.1.0` (the 1.39 cycle). The ABI policy guarantees that a module
+//!   built against v0.1.y works with v0.2.x, so these signatures hold for 1.40; the end-to-end
+//!   tests exercise every one of them through the real Envoy 1.40.0.
+//!
+//! Keep this file small and change it only against a new Envoy's abi.h.
 
 use std::ffi::c_void;
 
@@ -45,7 +53,8 @@ impl Buffer {
     }
 }
 
-/// `envoy_dynamic_module_type_module_http_header`.
+/// `envoy_dynamic_module_type_module_http_header`, and `envoy_http_header` (the same layout,
+/// pointing at Envoy's memory).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HttpHeader {
@@ -57,6 +66,16 @@ pub struct HttpHeader {
 
 /// `http_header_type`.
 pub const REQUEST_HEADER: u32 = 0;
+pub const RESPONSE_HEADER: u32 = 2;
+/// `http_body_type`. "Received" is the chunk of the current body hook; "Buffered" is what
+/// earlier `StopIterationAndBuffer` answers kept. On the last call after buffering, Envoy has
+/// already moved the last chunk into the buffer (Received is then empty).
+pub const RECEIVED_REQUEST_BODY: u32 = 0;
+pub const BUFFERED_REQUEST_BODY: u32 = 1;
+pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+pub const BUFFERED_RESPONSE_BODY: u32 = 3;
+/// `attribute_id` of `source.address` (the 25th attribute of the enum).
+pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 /// `log_level`.
 pub const LOG_INFO: u32 = 2;
 pub const LOG_WARN: u32 = 3;
@@ -65,6 +84,8 @@ pub const LOG_ERROR: u32 = 4;
 pub const HEADERS_CONTINUE: u32 = 0;
 pub const HEADERS_STOP_ITERATION: u32 = 1;
 pub const BODY_CONTINUE: u32 = 0;
+pub const BODY_STOP_ITERATION_AND_BUFFER: u32 = 1;
+pub const BODY_STOP_ITERATION_NO_BUFFER: u32 = 3;
 pub const TRAILERS_CONTINUE: u32 = 0;
 
 /// Envoy's per-stream handle.
@@ -96,4 +117,56 @@ extern "C" {
         body: Buffer,
         details: Buffer,
     );
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: EnvoyFilter,
+        header_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter: EnvoyFilter,
+        header_type: u32,
+        out: *mut HttpHeader,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: EnvoyFilter,
+        body_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: EnvoyFilter,
+        body_type: u32,
+        out: *mut Buffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_append_body(
+        filter: EnvoyFilter,
+        body_type: u32,
+        data: Buffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_drain_body(
+        filter: EnvoyFilter,
+        body_type: u32,
+        bytes: usize,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: EnvoyFilter);
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter: EnvoyFilter,
+        namespace: Buffer,
+        key: Buffer,
+        value: Buffer,
+    );
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_number(
+        filter: EnvoyFilter,
+        namespace: Buffer,
+        key: Buffer,
+        value: f64,
+    );
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
+        filter: EnvoyFilter,
+        namespace: Buffer,
+        key: Buffer,
+        value: bool,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: EnvoyFilter,
+        attribute_id: u32,
+        out: *mut Buffer,
+    ) -> bool;
 }

@@ -6,6 +6,10 @@
 //! for https endpoints); the ext_proc gRPC cluster (HTTP/2); admin on loopback; a JSON access
 //! log carrying Gantry's usage metadata.
 //!
+//! With [`FilterMode::Module`] the same listener, routes and clusters run Gantry's dynamic
+//! module (`libgantry.so`) in place of ext_authz and ext_proc: no gRPC hop, no ext_proc or
+//! ext_authz cluster. The module's `filter_config` is the Gantry config itself, as JSON.
+//!
 //! Processing phases are chosen for speed: request headers and the buffered request body (the
 //! model is in the body), response headers (to pick the response body mode per request), and no
 //! response body unless ext_proc asks for it with `mode_override`: BUFFERED for JSON replies,
@@ -48,15 +52,72 @@ pub fn provider_cluster(name: &str) -> String {
     format!("provider_{name}")
 }
 
+/// Which Envoy filters carry Gantry's policy.
+#[derive(Debug, Clone, Default)]
+pub enum FilterMode {
+    /// Gantry's ext_authz (when the config has `auth`) and ext_proc gRPC servers.
+    #[default]
+    ExtProc,
+    /// Gantry's dynamic module inside Envoy.
+    Module(ModuleFilter),
+}
+
+/// How the module filter is configured.
+#[derive(Debug, Clone)]
+pub struct ModuleFilter {
+    /// The Gantry config as JSON text (see [`config_as_json`]): the module's `filter_config`.
+    pub config_json: String,
+    /// Where `libgantry.so` is. `None`: Envoy looks for `libgantry.so` in
+    /// `$ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (else its working directory), then the library path.
+    pub library: Option<std::path::PathBuf>,
+}
+
+/// The module's name: Envoy loads `lib<name>.so`; also the filter name it is configured under.
+pub const MODULE_NAME: &str = "gantry";
+
+/// A Gantry config's text (YAML or JSON) as compact JSON, for the module's `filter_config`.
+pub fn config_as_json(text: &str) -> Result<String, RenderError> {
+    let value: Value =
+        serde_saphyr::from_str(text).map_err(|e| RenderError::Yaml(e.to_string()))?;
+    Ok(value.to_string())
+}
+
+/// What the module cannot do; the message says which mode can.
+fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
+    if config.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()) {
+        return Some("auth.jwt (JWKS fetching needs the ext_authz server)");
+    }
+    if config.governance.is_some() {
+        return Some("governance (budgets and rate limits need the store)");
+    }
+    None
+}
+
 /// Renders the bootstrap as YAML. `source` names the config file in the header comment.
 pub fn render_yaml(config: &ConfigFile, source: &str) -> Result<String, RenderError> {
-    let bootstrap = render(config)?;
+    render_yaml_with(config, source, &FilterMode::ExtProc)
+}
+
+/// [`render_yaml`] for a filter mode.
+pub fn render_yaml_with(
+    config: &ConfigFile,
+    source: &str,
+    mode: &FilterMode,
+) -> Result<String, RenderError> {
+    let bootstrap = render_with(config, mode)?;
     let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
     let body = serde_saphyr::to_string_with_options(&bootstrap, options)
         .map_err(|e| RenderError::Yaml(e.to_string()))?;
+    let module_note = match mode {
+        FilterMode::Module(ModuleFilter { library: None, .. }) => format!(
+            "# Gantry's policy runs in the dynamic module: set ENVOY_DYNAMIC_MODULES_SEARCH_PATH\n\
+             # to the directory holding lib{MODULE_NAME}.so (cargo build -p gantry-dynamic-module).\n"
+        ),
+        _ => String::new(),
+    };
     Ok(format!(
         "# Envoy bootstrap rendered by `gantry envoy-config` from {source}.\n\
-         # Do not edit: change the Gantry config and render again.\n{body}"
+         # Do not edit: change the Gantry config and render again.\n{module_note}{body}"
     ))
 }
 
@@ -70,25 +131,39 @@ pub enum RenderError {
     },
     #[error("cannot write YAML: {0}")]
     Yaml(String),
+    #[error("the dynamic module does not support {0}: use the ext_proc mode for this config")]
+    ModuleUnsupported(&'static str),
 }
 
 /// Renders the bootstrap as a JSON value (YAML's data model).
 pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
+    render_with(config, &FilterMode::ExtProc)
+}
+
+/// [`render`] for a filter mode.
+pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, RenderError> {
     let listen = config.listen_addr();
     let admin = config.admin_addr();
     let ext_proc = config.ext_proc_addr();
 
     let mut routes = Vec::new();
-    let mut clusters = vec![
-        grpc_cluster(EXT_PROC_CLUSTER, ext_proc),
-        no_provider_cluster(),
-    ];
-    if let Some(mcp) = &config.mcp {
-        routes.extend(mcp_routes(mcp.path()));
-        clusters.push(mcp_bridge_cluster(mcp.listen_addr()));
+    let mut clusters = vec![no_provider_cluster()];
+    match mode {
+        FilterMode::ExtProc => {
+            clusters.insert(0, grpc_cluster(EXT_PROC_CLUSTER, ext_proc));
+            if config.auth.is_some() {
+                clusters.push(grpc_cluster(EXT_AUTHZ_CLUSTER, config.auth_addr()));
+            }
+        }
+        FilterMode::Module(_) => {
+            if let Some(feature) = module_unsupported(config) {
+                return Err(RenderError::ModuleUnsupported(feature));
+            }
+        }
     }
-    if config.auth.is_some() {
-        clusters.push(grpc_cluster(EXT_AUTHZ_CLUSTER, config.auth_addr()));
+    if let Some(mcp) = &config.mcp {
+        routes.extend(mcp_routes(mcp.path(), mode));
+        clusters.push(mcp_bridge_cluster(mcp.listen_addr()));
     }
     for provider in &config.providers {
         let name = &provider.name.value;
@@ -134,18 +209,23 @@ pub fn render(config: &ConfigFile) -> Result<Value, RenderError> {
                 // before Gantry sees the body. It must not be below Gantry's limit.
                 "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES
                     .max(config.max_request_body_bytes() + 64 * 1024),
-                "filter_chains": [filter_chain(config, routes, slowest)],
+                "filter_chains": [filter_chain(config, routes, slowest, mode)],
             }],
             "clusters": clusters,
         },
     }))
 }
 
-fn filter_chain(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> Value {
+fn filter_chain(
+    config: &ConfigFile,
+    routes: Vec<Value>,
+    slowest_secs: u64,
+    mode: &FilterMode,
+) -> Value {
     let mut chain = json!({
         "filters": [{
             "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": http_connection_manager(config, routes, slowest_secs),
+            "typed_config": http_connection_manager(config, routes, slowest_secs, mode),
         }],
     });
     if let Some(tls) = &config.tls {
@@ -174,50 +254,37 @@ fn filter_chain(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> V
     chain
 }
 
-fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs: u64) -> Value {
-    let fail_open = config.ext_proc.failure_mode == FailureMode::Open;
-    let message_timeout_ms = config.message_timeout_ms();
+fn http_connection_manager(
+    config: &ConfigFile,
+    routes: Vec<Value>,
+    slowest_secs: u64,
+    mode: &FilterMode,
+) -> Value {
     let mut filters = Vec::new();
-    // Order matters: identity headers are stripped before anything reads them, and CORS
-    // preflights are answered before authorization (browsers send them without credentials).
-    if config.auth.is_some() {
-        filters.push(strip_identity_headers_filter());
+    match mode {
+        FilterMode::ExtProc => {
+            // Order matters: identity headers are stripped before anything reads them, and
+            // CORS preflights are answered before authorization (browsers send them without
+            // credentials).
+            if config.auth.is_some() {
+                filters.push(strip_identity_headers_filter());
+            }
+            if config.cors.is_some() {
+                filters.push(cors_filter());
+            }
+            if let Some(auth) = &config.auth {
+                filters.push(ext_authz_filter(config, auth));
+            }
+            filters.push(ext_proc_filter(config, slowest_secs));
+        }
+        FilterMode::Module(module) => {
+            // The module authenticates, overwriting identity headers itself.
+            if config.cors.is_some() {
+                filters.push(cors_filter());
+            }
+            filters.push(module_filter(module));
+        }
     }
-    if config.cors.is_some() {
-        filters.push(cors_filter());
-    }
-    if let Some(auth) = &config.auth {
-        filters.push(ext_authz_filter(config, auth));
-    }
-    filters.push(json!({
-                "name": "envoy.filters.http.ext_proc",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-                    "grpc_service": {
-                        "envoy_grpc": { "cluster_name": EXT_PROC_CLUSTER },
-                        // The whole-stream deadline: it must outlive the longest SSE reply.
-                        "timeout": format!("{}s", slowest_secs + STREAM_DEADLINE_MARGIN_SECS),
-                    },
-                    "failure_mode_allow": fail_open,
-                    "status_on_error": { "code": "ServiceUnavailable" },
-                    "message_timeout": millis(message_timeout_ms),
-                    "max_message_timeout": millis(message_timeout_ms.max(30_000)),
-                    "allow_mode_override": true,
-                    "processing_mode": {
-                        "request_header_mode": "SEND",
-                        "request_body_mode": "BUFFERED",
-                        "request_trailer_mode": "SKIP",
-                        "response_header_mode": "SEND",
-                        "response_body_mode": "NONE",
-                        "response_trailer_mode": "SKIP",
-                    },
-                    "metadata_options": {
-                        // The principal ext_authz admitted, for per-caller accounting.
-                        "forwarding_namespaces": { "untyped": [EXT_AUTHZ_NAMESPACE] },
-                        "receiving_namespaces": { "untyped": [METADATA_NAMESPACE] },
-                    },
-                },
-            }));
     filters.push(json!({
                 "name": "envoy.filters.http.router",
                 "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
@@ -244,6 +311,66 @@ fn http_connection_manager(config: &ConfigFile, routes: Vec<Value>, slowest_secs
             "virtual_hosts": [virtual_host],
         },
         "http_filters": filters,
+    })
+}
+
+/// Gantry's dynamic module as an HTTP filter, configured with the Gantry config.
+fn module_filter(module: &ModuleFilter) -> Value {
+    let mut dynamic_module_config = json!({
+        "name": MODULE_NAME,
+        // Keep the library and its globals loaded across config reloads.
+        "do_not_close": true,
+        "metrics_namespace": "gantry",
+    });
+    if let Some(library) = &module.library {
+        dynamic_module_config["module"] =
+            json!({ "local": { "filename": library.display().to_string() } });
+    }
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": dynamic_module_config,
+            "filter_name": MODULE_NAME,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": module.config_json,
+            },
+        },
+    })
+}
+
+fn ext_proc_filter(config: &ConfigFile, slowest_secs: u64) -> Value {
+    let fail_open = config.ext_proc.failure_mode == FailureMode::Open;
+    let message_timeout_ms = config.message_timeout_ms();
+    json!({
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": EXT_PROC_CLUSTER },
+                // The whole-stream deadline: it must outlive the longest SSE reply.
+                "timeout": format!("{}s", slowest_secs + STREAM_DEADLINE_MARGIN_SECS),
+            },
+            "failure_mode_allow": fail_open,
+            "status_on_error": { "code": "ServiceUnavailable" },
+            "message_timeout": millis(message_timeout_ms),
+            "max_message_timeout": millis(message_timeout_ms.max(30_000)),
+            "allow_mode_override": true,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "metadata_options": {
+                // The principal ext_authz admitted, for per-caller accounting.
+                "forwarding_namespaces": { "untyped": [EXT_AUTHZ_NAMESPACE] },
+                "receiving_namespaces": { "untyped": [METADATA_NAMESPACE] },
+            },
+        },
     })
 }
 
@@ -467,13 +594,18 @@ fn provider_route(name: &str, endpoint: &ProviderEndpoint, timeout_secs: u64) ->
 /// stays out of it (the bridge reads MCP itself); ext_authz still decides who may call. No
 /// route timeout: MCP answers may stream for as long as a tool runs (the bridge bounds each
 /// upstream call with the upstream's own timeout).
-fn mcp_routes(path: &str) -> Vec<Value> {
-    let per_route = json!({
-        "envoy.filters.http.ext_proc": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-            "disabled": true,
-        },
-    });
+fn mcp_routes(path: &str, mode: &FilterMode) -> Vec<Value> {
+    // ext_proc stays out of the bridge's traffic; the module passes it through by itself
+    // (after authenticating it).
+    let per_route = match mode {
+        FilterMode::ExtProc => json!({
+            "envoy.filters.http.ext_proc": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": true,
+            },
+        }),
+        FilterMode::Module(_) => json!({}),
+    };
     let route = json!({ "cluster": MCP_BRIDGE_CLUSTER, "timeout": "0s" });
     vec![
         json!({
@@ -600,6 +732,94 @@ providers:
 models:
   - { name: fast, provider: mock, model: mock-small }
 ";
+
+    fn module_mode(text: &str) -> FilterMode {
+        FilterMode::Module(ModuleFilter {
+            config_json: config_as_json(text).unwrap(),
+            library: Some("/opt/gantry/libgantry.so".into()),
+        })
+    }
+
+    fn filter_names(bootstrap: &Value) -> Vec<String> {
+        bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn cluster_names(bootstrap: &Value) -> Vec<String> {
+        bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn module_mode_replaces_ext_authz_and_ext_proc_with_the_module() {
+        let text = format!(
+            "{CONFIG}auth:\n  api_keys:\n    - {{ name: k, hash: 'sha256:{}' }}\n",
+            "ab".repeat(32)
+        );
+        let config = ConfigFile::parse(&text).unwrap();
+        let bootstrap = render_with(&config, &module_mode(&text)).unwrap();
+        assert_eq!(
+            filter_names(&bootstrap),
+            [
+                "envoy.filters.http.dynamic_modules",
+                "envoy.filters.http.router"
+            ]
+        );
+        let clusters = cluster_names(&bootstrap);
+        assert!(
+            !clusters.contains(&EXT_PROC_CLUSTER.to_string())
+                && !clusters.contains(&EXT_AUTHZ_CLUSTER.to_string()),
+            "{clusters:?}"
+        );
+        let module = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"][0]["typed_config"];
+        assert_eq!(
+            module["dynamic_module_config"]["module"]["local"]["filename"],
+            "/opt/gantry/libgantry.so"
+        );
+        // The filter config is the Gantry config itself, as JSON the module parses back.
+        let embedded = module["filter_config"]["value"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(embedded).unwrap();
+        assert_eq!(parsed["models"][0]["name"], "fast");
+        assert!(ConfigFile::parse(embedded).is_ok());
+        // The provider routes are the same as in ext_proc mode.
+        let ext_proc = render(&config).unwrap();
+        let routes = |b: &Value| {
+            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["route_config"]
+                .clone()
+        };
+        assert_eq!(routes(&bootstrap), routes(&ext_proc));
+        assert!(filter_names(&ext_proc).contains(&"envoy.filters.http.ext_proc".to_string()));
+    }
+
+    #[test]
+    fn module_mode_refuses_what_the_module_cannot_do() {
+        let jwt = format!(
+            "{CONFIG}auth:\n  jwt:\n    - {{ issuer: 'https://idp.example/', audiences: [gantry], jwks_url: 'https://idp.example/jwks' }}\n"
+        );
+        let governed = format!("{CONFIG}governance:\n  store: {{ kind: embedded, path: g.db }}\n");
+        for (text, feature) in [(jwt, "auth.jwt"), (governed, "governance")] {
+            let Ok(config) = ConfigFile::parse(&text) else {
+                panic!("test config does not parse: {text}");
+            };
+            let error = render_with(&config, &module_mode(&text)).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains(feature) && message.contains("ext_proc mode"),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn envoy_buffers_at_least_the_configured_body_limit() {

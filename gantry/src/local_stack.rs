@@ -35,6 +35,27 @@ pub struct RunOptions {
     pub config_source: String,
     pub envoy: PathBuf,
     pub envoy_log_level: String,
+    /// ext_proc (Gantry's gRPC servers run here) or the dynamic module (they do not).
+    pub filter_mode: envoy_bootstrap::FilterMode,
+}
+
+/// The dynamic module library: `explicit`, else `libgantry.so` next to this binary (where
+/// cargo puts both).
+pub fn locate_module(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let file = format!("lib{}.so", envoy_bootstrap::MODULE_NAME);
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("cannot find the gantry binary's directory")?
+            .with_file_name(&file),
+    };
+    if !path.is_file() {
+        bail!(
+            "the dynamic module {} does not exist: build it with `cargo build -p gantry-dynamic-module` (same profile as gantry) or pass --module <path to {file}>",
+            path.display()
+        );
+    }
+    std::path::absolute(&path).with_context(|| format!("module path {}", path.display()))
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
@@ -75,13 +96,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     let models = snapshot.available_models.clone();
-    let services = Services::start(config, snapshot).await?;
+    let in_module = matches!(options.filter_mode, envoy_bootstrap::FilterMode::Module(_));
+    if in_module {
+        // Envoy compiles the same config in the module; say now what it would refuse.
+        let bootstrap = envoy_bootstrap::render_with(config, &options.filter_mode);
+        if let Err(e) = bootstrap {
+            bail!("{e}");
+        }
+    }
+    let services = Services::start_with(config, snapshot, !in_module).await?;
 
     let work_dir = std::env::temp_dir().join(format!("gantry-run-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
     let bootstrap_path = work_dir.join("envoy.yaml");
-    let bootstrap = envoy_bootstrap::render_yaml(config, &options.config_source)?;
+    let bootstrap =
+        envoy_bootstrap::render_yaml_with(config, &options.config_source, &options.filter_mode)?;
     std::fs::write(&bootstrap_path, bootstrap)
         .with_context(|| format!("cannot write {}", bootstrap_path.display()))?;
 
@@ -112,11 +142,26 @@ pub struct Services {
 impl Services {
     /// Binds and starts the servers; fails if a port is taken or a JWKS file is unreadable.
     pub async fn start(config: &ConfigFile, snapshot: Snapshot) -> anyhow::Result<Services> {
+        Self::start_with(config, snapshot, true).await
+    }
+
+    /// [`Services::start`]; without `policy_servers` (the dynamic module does their work in
+    /// Envoy) only the MCP bridge and `/metrics` run.
+    pub async fn start_with(
+        config: &ConfigFile,
+        snapshot: Snapshot,
+        policy_servers: bool,
+    ) -> anyhow::Result<Services> {
         let ext_proc_addr = config.ext_proc_addr();
-        let ext_proc_listener = TcpListener::bind(ext_proc_addr)
-            .await
-            .with_context(|| format!("cannot listen on {ext_proc_addr} (ext_proc.listen)"))?;
-        let authz = match &snapshot.auth {
+        let ext_proc_listener =
+            if policy_servers {
+                Some(TcpListener::bind(ext_proc_addr).await.with_context(|| {
+                    format!("cannot listen on {ext_proc_addr} (ext_proc.listen)")
+                })?)
+            } else {
+                None
+            };
+        let authz = match snapshot.auth.as_ref().filter(|_| policy_servers) {
             Some(policy) => {
                 let addr = config.auth_addr();
                 let listener = TcpListener::bind(addr)
@@ -128,7 +173,7 @@ impl Services {
             }
             None => None,
         };
-        let governance = match &snapshot.governance {
+        let governance = match snapshot.governance.as_ref().filter(|_| policy_servers) {
             Some(policy) => {
                 let store = open_store(&policy.store)?;
                 // Loading a tokenizer takes a moment: do it now, not on the first request.
@@ -150,17 +195,23 @@ impl Services {
             extra_tasks: Vec::new(),
             governance: governance.clone(),
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        services.stop.push(stop);
-        services.tasks.push(tokio::spawn(gantry_ext_proc::serve(
-            ext_proc_listener,
-            shared.clone(),
-            governance,
-            async move {
-                let _ = stopped.await;
-            },
-        )));
-        tracing::info!("ext_proc serving on {ext_proc_addr}");
+        if let Some(listener) = ext_proc_listener {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services.tasks.push(tokio::spawn(gantry_ext_proc::serve(
+                listener,
+                shared.clone(),
+                governance,
+                async move {
+                    let _ = stopped.await;
+                },
+            )));
+            tracing::info!("ext_proc serving on {ext_proc_addr}");
+        } else {
+            tracing::info!(
+                "policy runs in Envoy's dynamic module: no ext_proc or ext_authz server"
+            );
+        }
         let mut mcp_bridge = None;
         if let Some(section) = &config.mcp {
             let addr = section.listen_addr();

@@ -28,6 +28,13 @@ enum Commands {
         /// Envoy's own log level.
         #[arg(long, default_value = "warn")]
         envoy_log_level: String,
+        /// Where Gantry's policy runs: Gantry's ext_proc/ext_authz servers, or its dynamic
+        /// module inside Envoy (no gRPC hop; no JWTs or budgets).
+        #[arg(long, value_enum, default_value = "ext-proc")]
+        mode: PolicyMode,
+        /// The dynamic module library (default: libgantry.so next to this binary).
+        #[arg(long)]
+        module: Option<PathBuf>,
     },
     /// Run only Gantry's gRPC servers (ext_proc, and ext_authz when the config has `auth`),
     /// for an Envoy or Istio gateway you run yourself.
@@ -52,6 +59,13 @@ enum Commands {
         /// Write here instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Where Gantry's policy runs (see `gantry run --mode`).
+        #[arg(long, value_enum, default_value = "ext-proc")]
+        mode: PolicyMode,
+        /// With --mode module: the library's absolute path. Without it, Envoy finds
+        /// libgantry.so through ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+        #[arg(long)]
+        module: Option<PathBuf>,
     },
     /// Report spend from the spend log (grouped, or raw records) as a table, CSV or JSON.
     Spend {
@@ -80,6 +94,15 @@ enum Commands {
         #[arg(long, default_value = "mock")]
         name: String,
     },
+}
+
+/// Where Gantry's policy runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PolicyMode {
+    /// Envoy calls Gantry's ext_authz and ext_proc gRPC servers.
+    ExtProc,
+    /// Gantry's dynamic module (libgantry.so) runs inside Envoy.
+    Module,
 }
 
 #[derive(Subcommand)]
@@ -145,9 +168,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Commands::EnvoyConfig { config, output } => {
+        Commands::EnvoyConfig {
+            config,
+            output,
+            mode,
+            module,
+        } => {
             let parsed = load(&config)?;
-            let yaml = envoy_bootstrap::render_yaml(&parsed, &config.display().to_string())?;
+            let filter_mode = match mode {
+                PolicyMode::ExtProc => envoy_bootstrap::FilterMode::ExtProc,
+                PolicyMode::Module => {
+                    let text = std::fs::read_to_string(&config)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
+                    let library =
+                        match module {
+                            Some(path) => Some(std::path::absolute(&path).map_err(|e| {
+                                anyhow::anyhow!("module path {}: {e}", path.display())
+                            })?),
+                            None => None,
+                        };
+                    envoy_bootstrap::FilterMode::Module(envoy_bootstrap::ModuleFilter {
+                        config_json: envoy_bootstrap::config_as_json(&text)?,
+                        library,
+                    })
+                }
+            };
+            let yaml = envoy_bootstrap::render_yaml_with(
+                &parsed,
+                &config.display().to_string(),
+                &filter_mode,
+            )?;
             match output {
                 Some(path) => std::fs::write(&path, yaml)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
@@ -161,14 +211,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             envoy,
             envoy_log_level,
+            mode,
+            module,
         } => {
-            let (parsed, source) = match config {
-                Some(path) => (load(&path)?, path.display().to_string()),
+            let (parsed, source, text) = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    (load(&path)?, path.display().to_string(), text)
+                }
                 None => (
                     ConfigFile::parse(QUICKSTART_CONFIG)
                         .map_err(|e| anyhow::anyhow!("bundled {QUICKSTART_SOURCE}: {e}"))?,
                     format!("{QUICKSTART_SOURCE} (bundled)"),
+                    QUICKSTART_CONFIG.to_string(),
                 ),
+            };
+            let filter_mode = match mode {
+                PolicyMode::ExtProc => envoy_bootstrap::FilterMode::ExtProc,
+                PolicyMode::Module => {
+                    envoy_bootstrap::FilterMode::Module(envoy_bootstrap::ModuleFilter {
+                        config_json: envoy_bootstrap::config_as_json(&text)?,
+                        library: Some(local_stack::locate_module(module.as_deref())?),
+                    })
+                }
             };
             let envoy = envoy_binary::locate(envoy.as_deref())?;
             runtime()?.block_on(local_stack::run(local_stack::RunOptions {
@@ -176,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config_source: source,
                 envoy,
                 envoy_log_level,
+                filter_mode,
             }))
         }
         Commands::Serve { config } => {

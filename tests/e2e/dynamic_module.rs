@@ -1,6 +1,8 @@
 //! Gantry's Envoy dynamic module (`libgantry.so`, crate `dynamic-module/`) in the real Envoy
 //! 1.40.0: its imports against the binary's exports (ABI drift is caught here, not in
-//! production), and API-key authentication in-process.
+//! production), API-key authentication in-process, and what `gantry run --mode module`
+//! refuses. The LLM path itself (alias, rewrite, usage, streaming, errors) is tested on both
+//! policy paths by the shared table in llm_path.rs, streaming.rs and errors.rs.
 //!
 //! The module is built by `cargo build -p gantry-dynamic-module` (the test command does it
 //! before the tests).
@@ -9,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use gantry_policy::auth::api_keys::KeyHash;
-use gantry_testkit::{envoy_binary, free_ports, loopback, EnvoyProcess};
-use serde_json::{json, Value};
+use gantry_testkit::{envoy_binary, PolicyPath, StackPorts};
+use serde_json::Value;
 
-use crate::{http, start_mock};
+use crate::{assert_openai_error, http, json_of, start_mock, start_stack_on};
 
 /// Every hook Envoy 1.40 requires of an HTTP filter module.
 const REQUIRED_HOOKS: &[&str] = &[
@@ -108,64 +110,39 @@ fn every_callback_the_module_imports_is_exported_by_the_pinned_envoy() {
 
 const ALICE: &str = "gk-alice-module-test-key";
 
+/// `gantry run --mode module` with an `auth` section whose key is limited to one model, so the
+/// module authenticates once the body is buffered (the model is in it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_module_authenticates_api_keys_inside_envoy() {
-    let mock = start_mock("upstream", None).await;
-    let ports = free_ports(2);
-    let (listen, admin) = (loopback(ports[0]), loopback(ports[1]));
-    let gantry_config = format!(
-        "listen: {listen}\nauth:\n  api_keys:\n    - {{ name: alice-key, hash: '{}', user: alice, team: research }}\n",
-        KeyHash::of(ALICE)
+    let mock = start_mock("alpha", None).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: alpha, kind: openai, endpoint: '{endpoint}' }}
+models:
+  - {{ name: m-alpha, provider: alpha, model: alpha-1 }}
+  - {{ name: m-other, provider: alpha, model: other-1 }}
+auth:
+  api_keys:
+    - {{ name: alice-key, hash: '{hash}', user: alice, team: research, models: [m-alpha] }}
+",
+        head = ports.config_head(),
+        endpoint = mock.base_url(),
+        hash = KeyHash::of(ALICE),
     );
-    let bootstrap = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin.port()}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "gantry_module",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen.port()}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "gantry_module",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                                "dynamic_module_config": {
-                                    "name": "gantry",
-                                    "do_not_close": true,
-                                    "module": {"local": {"filename": module_path().display().to_string()}}
-                                },
-                                "filter_name": "gantry",
-                                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": gantry_config}
-                            }},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
-                }]}]
-            }],
-            "clusters": [{
-                "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                    "socket_address": {"address": "127.0.0.1", "port_value": mock.addr().port()}}}}]}]}
-            }]
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("envoy.json");
-    std::fs::write(&path, bootstrap.to_string()).unwrap();
-    let _envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&path, admin))
-        .await
-        .unwrap();
+    let stack = start_stack_on(PolicyPath::Module, ports, yaml, vec![]).await;
     let client = http();
-    let url = format!("http://{listen}/v1/models");
+    let chat = stack.url("/v1/chat/completions");
+    let body = |model: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
+    };
 
     // No key, a wrong key: 401 as an OpenAI error, with a challenge; the upstream never sees it.
     for auth in [None, Some("Bearer gk-wrong")] {
-        let mut request = client.get(&url);
+        let mut request = client
+            .post(&chat)
+            .header("content-type", "application/json")
+            .body(body("m-alpha"));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
@@ -181,27 +158,61 @@ async fn the_module_authenticates_api_keys_inside_envoy() {
     );
     // The MCP path gets a JSON-RPC error instead.
     let response = client
-        .post(format!("http://{listen}/mcp"))
+        .post(stack.url("/mcp"))
         .body("{}")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["jsonrpc"], "2.0", "{reply}");
 
-    // The right key passes; the principal's headers overwrite the client's, and the key is
-    // not forwarded.
+    let bearer = format!("Bearer {ALICE}");
+    // The key sees only its models, and may not use another.
     let response = client
-        .get(&url)
-        .header("authorization", format!("Bearer {ALICE}"))
-        .header("x-gantry-user", "mallory")
+        .get(stack.url("/v1/models"))
+        .header("authorization", &bearer)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, listed) = json_of(response).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m-alpha"]);
+    let response = client
+        .post(&chat)
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .body(body("m-other"))
+        .send()
+        .await
+        .unwrap();
+    let (status, refused) = json_of(response).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_openai_error(&refused, "model_not_allowed");
+
+    // The right key and model pass; the principal's headers overwrite the client's, and the
+    // key is not forwarded.
+    let response = client
+        .post(&chat)
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .header("x-gantry-user", "mallory")
+        .body(body("m-alpha"))
+        .send()
+        .await
+        .unwrap();
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["model"], "alpha-1");
     let recorded = mock.recorded();
-    let seen = recorded.last().expect("the request reached the upstream");
+    assert_eq!(recorded.len(), 1, "only the admitted request reached the upstream");
+    let seen = &recorded[0];
     assert_eq!(seen.header("x-gantry-user"), Some("alice"));
     assert_eq!(seen.header("x-gantry-team"), Some("research"));
     assert_eq!(seen.header("x-gantry-key"), Some("alice-key"));
@@ -209,5 +220,52 @@ async fn the_module_authenticates_api_keys_inside_envoy() {
         seen.header("authorization"),
         None,
         "the caller's key was forwarded"
+    );
+    let entry = stack.wait_for_access_log("alice's chat request", |e| {
+        e["status"] == 200 && e["model"] == "m-alpha"
+    });
+    assert_eq!(entry["subject"], "alice", "{entry}");
+    assert_eq!(entry["auth_method"], "api_key", "{entry}");
+    assert_eq!(entry["api_key"], "alice-key", "{entry}");
+}
+
+/// What the module cannot do is refused before anything starts, naming the mode that can.
+#[test]
+fn gantry_run_in_module_mode_refuses_configs_the_module_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = StackPorts::free();
+    let config = dir.path().join("jwt.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}providers:\n  - {{ name: a, kind: openai, endpoint: 'http://127.0.0.1:1' }}\nauth:\n  jwt:\n    - {{ issuer: 'https://idp.example/', audiences: [gantry], jwks_url: 'https://idp.example/jwks' }}\n",
+            ports.config_head()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(crate::gantry_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--envoy")
+            .arg(envoy_binary())
+            .args(["--mode", "module"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("auth.jwt") && stderr.contains("ext_proc mode"),
+        "{stderr}"
+    );
+    let stderr = run(&["--module", "/nonexistent/libgantry.so"]);
+    assert!(
+        stderr.contains("/nonexistent/libgantry.so does not exist")
+            && stderr.contains("cargo build -p gantry-dynamic-module"),
+        "{stderr}"
     );
 }

@@ -1,9 +1,19 @@
-//! Bad input and broken upstreams get clear OpenAI-style errors, and the gateway keeps serving.
+//! Bad input and broken upstreams get clear OpenAI-style errors, and the gateway keeps serving
+//! (on both policy paths: ext_proc and the dynamic module).
 
 use futures::stream;
-use gantry_testkit::{free_ports, StackPorts};
+use gantry_testkit::{free_ports, PolicyPath, StackPorts};
 
-use crate::{assert_openai_error, json_of, post, start_mock, start_stack, TwoProviders};
+use crate::{
+    assert_openai_error, json_of, on_both_policy_paths, post, start_mock, start_stack_on,
+    TwoProviders,
+};
+
+on_both_policy_paths!(
+    bad_requests_get_openai_errors_and_the_gateway_keeps_serving,
+    models_list_and_unconfigured_provider,
+    broken_upstreams_give_clear_errors,
+);
 
 const CHAT: &str = "/v1/chat/completions";
 const GOOD: &str = r#"{"model":"m-alpha","messages":[{"role":"user","content":"still there?"}]}"#;
@@ -24,9 +34,8 @@ fn chunked_body(total: usize) -> reqwest::Body {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving() {
-    let t = TwoProviders::start("limits:\n  max_request_body_bytes: 2048\n").await;
+async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "limits:\n  max_request_body_bytes: 2048\n").await;
     let url = t.stack.url(CHAT);
 
     let (status, body) = json_of(post(&url, r#"{"model":"gpt-nope","messages":[]}"#).await).await;
@@ -95,8 +104,7 @@ async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_list_and_unconfigured_provider() {
+async fn models_list_and_unconfigured_provider(path: PolicyPath) {
     let ports = StackPorts::free();
     let mock = start_mock("mock", None).await;
     let yaml = format!(
@@ -110,7 +118,7 @@ models:
         ports.config_head(),
         mock.base_url()
     );
-    let stack = start_stack(ports, yaml, vec![]).await;
+    let stack = start_stack_on(path, ports, yaml, vec![]).await;
     let response = crate::http()
         .get(stack.url("/v1/models"))
         .send()
@@ -145,9 +153,8 @@ models:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_upstreams_give_clear_errors() {
-    let t = TwoProviders::start("").await;
+async fn broken_upstreams_give_clear_errors(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "").await;
     let url = t.stack.url(CHAT);
 
     // A provider's own error passes through unchanged.
@@ -177,7 +184,7 @@ models:
         ports.config_head(),
         t.alpha.base_url()
     );
-    let stack = start_stack(ports, yaml, vec![]).await;
+    let stack = start_stack_on(path, ports, yaml, vec![]).await;
     let (status, body) =
         json_of(post(&stack.url(CHAT), r#"{"model":"ghost","messages":[]}"#).await).await;
     assert_eq!(status, 503);

@@ -1,6 +1,16 @@
-//! The LLM path through Envoy: alias routing, model rewrite, key injection, usage reporting.
+//! The LLM path through Envoy: alias routing, model rewrite, key injection, usage reporting,
+//! on both policy paths (ext_proc and the dynamic module).
 
-use crate::{json_of, post, TwoProviders, BETA_KEY};
+use gantry_testkit::PolicyPath;
+
+use crate::{json_of, on_both_policy_paths, post, TwoProviders, BETA_KEY};
+
+on_both_policy_paths!(
+    aliases_route_to_their_provider_with_the_model_rewritten,
+    provider_key_is_injected_and_client_credentials_stay_at_the_gateway,
+    usage_is_reported_in_headers_and_the_access_log,
+    streamed_reply_keeps_the_clients_shape_and_is_still_metered,
+);
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -10,9 +20,8 @@ fn chat_body(model: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aliases_route_to_their_provider_with_the_model_rewritten() {
-    let t = TwoProviders::start("").await;
+async fn aliases_route_to_their_provider_with_the_model_rewritten(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "").await;
 
     let response = post(&t.stack.url(CHAT), &chat_body("m-alpha", "")).await;
     assert_eq!(response.headers()["x-gantry-provider"], "alpha");
@@ -62,9 +71,8 @@ async fn aliases_route_to_their_provider_with_the_model_rewritten() {
     assert_eq!(t.alpha.recorded().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provider_key_is_injected_and_client_credentials_stay_at_the_gateway() {
-    let t = TwoProviders::start("").await;
+async fn provider_key_is_injected_and_client_credentials_stay_at_the_gateway(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "").await;
     let client = crate::http();
     let send = |model: &str| {
         client
@@ -111,9 +119,8 @@ async fn provider_key_is_injected_and_client_credentials_stay_at_the_gateway() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_is_reported_in_headers_and_the_access_log() {
-    let t = TwoProviders::start("").await;
+async fn usage_is_reported_in_headers_and_the_access_log(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "").await;
     let response = post(&t.stack.url(CHAT), &chat_body("m-alpha", "")).await;
     let header =
         |name: &str| -> u64 { response.headers()[name].to_str().unwrap().parse().unwrap() };
@@ -143,9 +150,8 @@ async fn usage_is_reported_in_headers_and_the_access_log() {
     assert_eq!(entry["status"], 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_reply_keeps_the_clients_shape_and_is_still_metered() {
-    let t = TwoProviders::start("").await;
+async fn streamed_reply_keeps_the_clients_shape_and_is_still_metered(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, "").await;
 
     // The client did not ask for usage: Gantry asks upstream, meters, and strips it again.
     let plain = post(

@@ -23,7 +23,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gantry_mock_provider::{MockConfig, MockProvider};
-use gantry_testkit::{GantryStack, StackPorts};
+use gantry_testkit::{GantryStack, PolicyPath, StackPorts};
+
+/// The shared test table: each listed case (an `async fn(PolicyPath)`) runs through the real
+/// Envoy twice, once with the policy in Gantry's ext_proc server and once in Gantry's dynamic
+/// module, as `<file>::ext_proc::<case>` and `<file>::module::<case>`.
+macro_rules! on_both_policy_paths {
+    ($($case:ident),+ $(,)?) => {
+        mod ext_proc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(gantry_testkit::PolicyPath::ExtProc).await
+                }
+            )+
+        }
+        mod module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(gantry_testkit::PolicyPath::Module).await
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_both_policy_paths;
 
 /// The `gantry` binary cargo built for these tests.
 pub fn gantry_bin() -> PathBuf {
@@ -44,6 +69,11 @@ pub struct TwoProviders {
 impl TwoProviders {
     /// `extra` is appended to the config (e.g. a `limits:` section).
     pub async fn start(extra: &str) -> TwoProviders {
+        Self::start_on(PolicyPath::ExtProc, extra).await
+    }
+
+    /// [`TwoProviders::start`] with the policy on `path`.
+    pub async fn start_on(path: PolicyPath, extra: &str) -> TwoProviders {
         let alpha = start_mock("alpha", None).await;
         let beta = start_mock("beta", Some(BETA_KEY)).await;
         let ports = StackPorts::free();
@@ -64,7 +94,7 @@ models:
             alpha = alpha.base_url(),
             beta = beta.base_url(),
         );
-        let stack = start_stack(ports, yaml, vec![(BETA_KEY_ENV, BETA_KEY)]).await;
+        let stack = start_stack_on(path, ports, yaml, vec![(BETA_KEY_ENV, BETA_KEY)]).await;
         TwoProviders { stack, alpha, beta }
     }
 }
@@ -89,9 +119,21 @@ pub async fn start_stack(
     yaml: String,
     env: Vec<(&'static str, &'static str)>,
 ) -> GantryStack {
-    tokio::task::spawn_blocking(move || GantryStack::start(&gantry_bin(), ports, &yaml, &env))
-        .await
-        .expect("stack start task")
+    start_stack_on(PolicyPath::ExtProc, ports, yaml, env).await
+}
+
+/// [`start_stack`] with the policy on `path`.
+pub async fn start_stack_on(
+    path: PolicyPath,
+    ports: StackPorts,
+    yaml: String,
+    env: Vec<(&'static str, &'static str)>,
+) -> GantryStack {
+    tokio::task::spawn_blocking(move || {
+        GantryStack::start_on(path, &gantry_bin(), ports, &yaml, &env)
+    })
+    .await
+    .expect("stack start task")
 }
 
 pub fn http() -> reqwest::Client {

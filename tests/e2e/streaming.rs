@@ -1,12 +1,15 @@
 //! SSE is passed on chunk by chunk: proved with an upstream whose every event the test releases,
-//! so each event must reach the client while the upstream is still streaming.
+//! so each event must reach the client while the upstream is still streaming (on both policy
+//! paths: ext_proc and the dynamic module).
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use gantry_testkit::{GatedSseUpstream, StackPorts};
+use gantry_testkit::{GatedSseUpstream, PolicyPath, StackPorts};
 
-use crate::start_stack;
+use crate::{on_both_policy_paths, start_stack_on};
+
+on_both_policy_paths!(each_event_reaches_the_client_while_the_upstream_is_still_streaming);
 
 fn chunk(content: &str) -> String {
     format!(
@@ -33,8 +36,7 @@ async fn read_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_event_reaches_the_client_while_the_upstream_is_still_streaming() {
+async fn each_event_reaches_the_client_while_the_upstream_is_still_streaming(path: PolicyPath) {
     let mut upstream = GatedSseUpstream::start().await;
     let ports = StackPorts::free();
     let yaml = format!(
@@ -42,7 +44,7 @@ async fn each_event_reaches_the_client_while_the_upstream_is_still_streaming() {
         ports.config_head(),
         upstream.addr()
     );
-    let stack = start_stack(ports, yaml, vec![]).await;
+    let stack = start_stack_on(path, ports, yaml, vec![]).await;
 
     let request = crate::http()
         .post(stack.url("/v1/chat/completions"))

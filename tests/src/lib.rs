@@ -252,10 +252,30 @@ impl StackPorts {
     }
 }
 
+/// Where the stack runs Gantry's policy (`gantry run --mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyPath {
+    /// Gantry's ext_proc and ext_authz gRPC servers.
+    ExtProc,
+    /// Gantry's dynamic module inside Envoy (`libgantry.so`, found next to the gantry binary).
+    Module,
+}
+
 impl GantryStack {
     /// Starts `gantry run --config <yaml>` and waits for its ready line.
     /// `yaml` must use `ports` (see [`StackPorts::config_head`]).
     pub fn start(
+        gantry: &Path,
+        ports: StackPorts,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> GantryStack {
+        Self::start_on(PolicyPath::ExtProc, gantry, ports, yaml, env)
+    }
+
+    /// [`GantryStack::start`] with the policy on `path`.
+    pub fn start_on(
+        path: PolicyPath,
         gantry: &Path,
         ports: StackPorts,
         yaml: &str,
@@ -275,6 +295,9 @@ impl GantryStack {
             .arg("--envoy")
             .arg(envoy_binary())
             .env("RUST_LOG", "info,gantry_ext_proc=debug");
+        if path == PolicyPath::Module {
+            command.arg("--mode").arg("module");
+        }
         for (k, v) in env {
             command.env(k, v);
         }
