@@ -50,7 +50,16 @@ pub struct FilterConfig {
     auth_needs_body: bool,
     /// The MCP bridge's path: passed through (authenticated, not processed).
     mcp_path: Option<String>,
+    /// `ext_proc.failure_mode: open`: a request whose hook failed (panicked) goes on
+    /// unprocessed instead of being answered 500.
+    fails_open: bool,
+    /// Fault injection for tests: a request carrying this header panics in its request hook
+    /// (set through `GANTRY_MODULE_FAULT_HEADER` in Envoy's environment; off otherwise).
+    fault_header: Option<String>,
 }
+
+/// The environment variable that turns on [`FilterConfig::fault_header`].
+pub const FAULT_HEADER_ENV: &str = "GANTRY_MODULE_FAULT_HEADER";
 
 impl FilterConfig {
     /// Compiles a Gantry config (JSON or YAML text); the error names the problem.
@@ -81,6 +90,11 @@ impl FilterConfig {
             snapshot,
             auth_needs_body,
             mcp_path,
+            fails_open: config.ext_proc.failure_mode == gantry_policy::FailureMode::Open,
+            fault_header: std::env::var(FAULT_HEADER_ENV)
+                .ok()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_ascii_lowercase()),
         })
     }
 
@@ -120,7 +134,20 @@ struct Head {
 }
 
 impl Head {
-    fn read(stream: &Stream) -> Head {
+    /// Reads the request head; every header only when authentication needs them (rules and
+    /// credentials read any header), else just the four the decisions use.
+    fn read(stream: &Stream, all_headers: bool) -> Head {
+        if !all_headers {
+            let get = |name: &str| stream.header(Side::Request, name);
+            return Head {
+                method: get(":method").unwrap_or_default(),
+                path: get(":path").unwrap_or_default(),
+                host: String::new(),
+                scheme: String::new(),
+                content_length: get("content-length").and_then(|v| v.parse().ok()),
+                headers: HashMap::new(),
+            };
+        }
         let mut headers: HashMap<String, String> = HashMap::new();
         for (name, value) in stream.headers(Side::Request) {
             // Repeated headers are joined, as Envoy's ext_authz request does.
@@ -206,9 +233,19 @@ impl StreamFilter {
         }
     }
 
+    /// Whether a failed request hook lets the request go on.
+    pub fn fails_open(&self) -> bool {
+        self.config.fails_open
+    }
+
     pub fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
-        let head = Head::read(stream);
         let config = self.config.clone();
+        let head = Head::read(stream, config.snapshot.auth.is_some());
+        if let Some(fault) = &config.fault_header {
+            if stream.header(Side::Request, fault).is_some() {
+                panic!("fault injected by the {fault} request header");
+            }
+        }
         if config.snapshot.auth.is_some() {
             if config.auth_needs_body && !end_of_stream {
                 self.phase = Phase::AwaitingBody {

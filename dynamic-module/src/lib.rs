@@ -50,22 +50,29 @@ unsafe fn stream_filter<'a>(module: *const c_void) -> &'a mut StreamFilter {
     unsafe { &mut *(module as *mut StreamFilter) }
 }
 
-/// A request-side hook: a panic answers 500 (the request is not forwarded).
+/// A request-side hook: a panic answers 500 (the request is not forwarded), or with
+/// `failure_mode: open` lets the request go on unprocessed.
 fn request_hook(
     hook: &str,
     envoy: EnvoyFilter,
     module: *const c_void,
-    stop: u32,
+    statuses: (u32, u32),
     body: impl FnOnce(&mut StreamFilter, &Stream) -> u32,
 ) -> u32 {
+    let (go_on, stop) = statuses;
     // SAFETY: `envoy` is the running hook's stream handle.
     let stream = unsafe { Stream::new(envoy) };
+    // SAFETY: `module` came from on_http_filter_new for this stream.
+    let fails_open = unsafe { stream_filter(module) }.fails_open();
     let answered = guarded(hook, None, || {
-        // SAFETY: `module` came from on_http_filter_new for this stream.
+        // SAFETY: as above; the reference above is no longer used.
         let filter = unsafe { stream_filter(module) };
         Some(body(filter, &stream))
     });
     answered.unwrap_or_else(|| {
+        if fails_open {
+            return go_on;
+        }
         stream.send_response(
             500,
             &[("content-type", "application/json")],
@@ -158,7 +165,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         "request_headers",
         envoy,
         module,
-        abi::HEADERS_STOP_ITERATION,
+        (abi::HEADERS_CONTINUE, abi::HEADERS_STOP_ITERATION),
         |filter, stream| filter.on_request_headers(stream, end_of_stream),
     )
 }
@@ -173,7 +180,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         "request_body",
         envoy,
         module,
-        abi::BODY_STOP_ITERATION_NO_BUFFER,
+        (abi::BODY_CONTINUE, abi::BODY_STOP_ITERATION_NO_BUFFER),
         |filter, stream| filter.on_request_body(stream, end_of_stream),
     )
 }

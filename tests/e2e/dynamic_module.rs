@@ -211,7 +211,11 @@ auth:
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["model"], "alpha-1");
     let recorded = mock.recorded();
-    assert_eq!(recorded.len(), 1, "only the admitted request reached the upstream");
+    assert_eq!(
+        recorded.len(),
+        1,
+        "only the admitted request reached the upstream"
+    );
     let seen = &recorded[0];
     assert_eq!(seen.header("x-gantry-user"), Some("alice"));
     assert_eq!(seen.header("x-gantry-team"), Some("research"));
@@ -267,5 +271,54 @@ fn gantry_run_in_module_mode_refuses_configs_the_module_cannot_serve() {
         stderr.contains("/nonexistent/libgantry.so does not exist")
             && stderr.contains("cargo build -p gantry-dynamic-module"),
         "{stderr}"
+    );
+}
+
+/// A panic inside a hook fails only its own request (500 in the client's protocol, logged);
+/// Envoy keeps serving everyone else. The fault is injected through the module's test switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_module_fails_one_request_and_envoy_keeps_serving() {
+    let mock = start_mock("alpha", None).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{}providers:\n  - {{ name: alpha, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: m-alpha, provider: alpha, model: alpha-1 }}\n",
+        ports.config_head(),
+        mock.base_url()
+    );
+    let stack = start_stack_on(
+        PolicyPath::Module,
+        ports,
+        yaml,
+        vec![("GANTRY_MODULE_FAULT_HEADER", "x-gantry-test-fault")],
+    )
+    .await;
+    let chat = stack.url("/v1/chat/completions");
+    let body = r#"{"model":"m-alpha","messages":[{"role":"user","content":"hi"}]}"#;
+    let send = |fault: bool| {
+        let mut request = http()
+            .post(&chat)
+            .header("content-type", "application/json")
+            .body(body);
+        if fault {
+            request = request.header("x-gantry-test-fault", "1");
+        }
+        request.send()
+    };
+    for _ in 0..3 {
+        let (status, reply) = json_of(send(true).await.expect("Envoy answers")).await;
+        assert_eq!(status, 500, "{reply}");
+        assert_openai_error(&reply, "gantry_module_error");
+        let (status, reply) = json_of(send(false).await.expect("Envoy still serves")).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    assert_eq!(
+        mock.recorded().len(),
+        3,
+        "only the healthy requests went upstream"
+    );
+    let logs = stack.process.logs();
+    assert!(
+        logs.contains("gantry module: request_headers panicked"),
+        "the panic was not logged:\n{logs}"
     );
 }
