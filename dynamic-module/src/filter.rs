@@ -8,7 +8,8 @@
 //!    allow-lists, rules over `llm.model`) it runs once the body is buffered.
 //! 2. **The head decision** (`decide_on_head`): `GET /v1/models` answered here, unknown paths
 //!    and methods refused, LLM calls wait for their body. The MCP bridge's path passes through.
-//! 3. **The body** (`plan_forward`): alias resolved, model rewritten, request guards applied,
+//! 3. **The body** (`plan_forward`): alias resolved, model rewritten, request guards applied
+//!    (a reject is a 400 naming the guard; masks rewrite the prompt; hits go to metadata),
 //!    `stream_options.include_usage` added to streams; the body is replaced, `content-length`
 //!    fixed, the provider's routing header and key set, and the route cache cleared so Envoy
 //!    picks the provider's route.
@@ -506,6 +507,10 @@ impl StreamFilter {
         stream.set_metadata_string(ns, "model", &route.alias);
         stream.set_metadata_string(ns, "upstream_model", &route.upstream_model);
         stream.set_metadata_bool(ns, "stream", plan.stream);
+        if !plan.guard_hits.is_empty() {
+            let summary = gantry_policy::guard::hits_summary(&plan.guard_hits);
+            stream.set_metadata_string(ns, "guard_hits", &summary);
+        }
         self.phase = Phase::Forwarded(Box::new(Exchange {
             plan,
             response: ResponseBody::Ignored,

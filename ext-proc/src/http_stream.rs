@@ -373,6 +373,12 @@ impl HttpStream {
                 },
             ),
         ];
+        if !plan.guard_hits.is_empty() {
+            fields.push((
+                "guard_hits",
+                string_value(&gantry_policy::guard::hits_summary(&plan.guard_hits)),
+            ));
+        }
         if let Some(metered) = &metered {
             let metering = &metered.metering;
             fields.push((

@@ -486,6 +486,7 @@ fn access_log() -> Value {
                     "completion_tokens": meta("completion_tokens"),
                     "total_tokens": meta("total_tokens"),
                     "cost_usd": meta("cost_usd"),
+                    "guard_hits": meta("guard_hits"),
                     "request_id": "%REQ(X-REQUEST-ID)%",
                     "subject": authz("subject"),
                     "auth_method": authz("auth_method"),
@@ -794,8 +795,8 @@ models:
         // The provider routes are the same as in ext_proc mode.
         let ext_proc = render(&config).unwrap();
         let routes = |b: &Value| {
-            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-                ["typed_config"]["route_config"]
+            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["route_config"]
                 .clone()
         };
         assert_eq!(routes(&bootstrap), routes(&ext_proc));

@@ -18,9 +18,11 @@ use crate::endpoint::ProviderEndpoint;
 
 mod auth;
 mod governance;
+mod guards;
 mod mcp;
 pub use auth::*;
 pub use governance::*;
+pub use guards::*;
 pub use mcp::*;
 
 /// Where Envoy's admin interface listens unless the config says otherwise.
@@ -65,6 +67,10 @@ pub struct ConfigFile {
     /// Budgets, rate limits, prices and the spend log. Without it, nothing is metered.
     #[serde(default)]
     pub governance: Option<GovernanceSection>,
+    /// Request guards: PII and secret detectors and regexes over prompts. Without it,
+    /// prompts are not scanned.
+    #[serde(default)]
+    pub guards: Option<GuardsSection>,
     /// Gantry's own Prometheus endpoint (`GET /metrics`). Off unless configured.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
@@ -445,6 +451,9 @@ impl ConfigFile {
         }
         if let Some(cors) = &self.cors {
             cors.validate(&mut issues);
+        }
+        if let Some(guards) = &self.guards {
+            guards.validate(&mut issues);
         }
         if let Some(governance) = &self.governance {
             governance.validate(&mut issues);

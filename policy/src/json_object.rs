@@ -89,8 +89,18 @@ impl<'de> Deserialize<'de> for RawObject {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut entries: Vec<(String, Box<RawValue>)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    // Parsers disagree on which copy of a repeated key wins (serde_json and
+                    // most providers take the last, a naive lookup the first): a body with two
+                    // `model` or `messages` fields could show Gantry one value and the
+                    // provider another. Refuse it.
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate field '{key}' in the request object"
+                        )));
+                    }
                     entries.push((key, value));
                 }
                 Ok(RawObject { entries })
@@ -128,5 +138,16 @@ mod tests {
         assert!(RawObject::parse(b"[1,2]").is_err());
         assert!(RawObject::parse(b"{\"a\":").is_err());
         assert!(RawObject::parse(b"").is_err());
+    }
+
+    #[test]
+    fn refuses_repeated_top_level_keys() {
+        let error = RawObject::parse(br#"{"model":"a","messages":[],"model":"b"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("duplicate field 'model'"),
+            "{error}"
+        );
+        // Nested objects are the provider's business, passed through as they are.
+        assert!(RawObject::parse(br#"{"a":{"x":1,"x":2}}"#).is_ok());
     }
 }

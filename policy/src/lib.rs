@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod endpoint;
 pub mod governance;
+pub mod guard;
 pub mod json_object;
 pub mod mcp;
 pub mod openai_api;
@@ -18,6 +19,7 @@ pub mod sse;
 pub mod usage;
 
 pub use config::{ConfigError, ConfigFile, FailureMode};
+pub use guard::{GuardHit, GuardPolicy, GuardVerdict};
 pub use openai_api::{decide_on_head, plan_forward, ForwardPlan, HeadDecision, LlmApi, LocalReply};
 pub use snapshot::Snapshot;
 pub use usage::{ChunkOutput, StreamAccountant, Usage};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::guard::{GuardHit, GuardVerdict};
 use crate::json_object::RawObject;
 use crate::snapshot::{Credential, ModelRoute, Snapshot};
 
@@ -195,6 +196,9 @@ pub struct ForwardPlan {
     pub stream: bool,
     /// Gantry added `stream_options.include_usage`; strip the usage before the client sees it.
     pub usage_injected: bool,
+    /// What the request guards found (already applied to `body` when masked); for logs and
+    /// metadata. Never holds the matched text.
+    pub guard_hits: Vec<GuardHit>,
 }
 
 impl ForwardPlan {
@@ -298,6 +302,14 @@ pub fn plan_forward(
             usage_injected = true;
         }
     }
+    let guard_hits = if snapshot.guards.has_request_guards() {
+        match snapshot.guards.check_request(api, &mut object) {
+            GuardVerdict::Forward { hits } => hits,
+            GuardVerdict::Reject { reply, .. } => return Err(reply),
+        }
+    } else {
+        Vec::new()
+    };
     if route.upstream_model != alias {
         set(&mut object, "model", &route.upstream_model)?;
     }
@@ -307,6 +319,7 @@ pub fn plan_forward(
         body: object.to_vec(),
         stream,
         usage_injected,
+        guard_hits,
     })
 }
 

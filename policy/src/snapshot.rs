@@ -14,6 +14,7 @@ use crate::auth::AuthPolicy;
 use crate::config::{ConfigFile, ProviderKind};
 use crate::endpoint::ProviderEndpoint;
 use crate::governance::GovernancePolicy;
+use crate::guard::GuardPolicy;
 
 /// A provider's API key. Its `Debug` form is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub struct Snapshot {
     pub auth: Option<Arc<AuthPolicy>>,
     /// Budgets, rate limits and spend, when the config has a `governance` section.
     pub governance: Option<Arc<GovernancePolicy>>,
+    /// Request guards (empty without a `guards` section), compiled once.
+    pub guards: GuardPolicy,
 }
 
 impl Snapshot {
@@ -154,6 +157,14 @@ impl Snapshot {
                     // Unreachable on a validated config: validation compiles the same parts.
                     .map_err(|e| tracing::error!(error = %e, "governance section not compiled"))
                     .ok()
+            }),
+            guards: config.guards.as_ref().map_or_else(GuardPolicy::default, |section| {
+                // Unreachable on a validated config; refuse guarded traffic rather than let
+                // it through unscanned.
+                GuardPolicy::compile(section).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "guards section not compiled; LLM requests will be refused");
+                    GuardPolicy::refusing(e.to_string())
+                })
             }),
         }
     }

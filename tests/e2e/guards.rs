@@ -1,0 +1,144 @@
+//! Request guards over prompts (regex patterns and PII/secret detectors) through the real
+//! Envoy, on both policy paths: a reject is a 400 naming the guard (never the secret), a mask
+//! rewrites the prompt the provider receives, a log-only hit reaches the access log.
+
+use gantry_testkit::PolicyPath;
+
+use crate::{assert_openai_error, json_of, on_both_policy_paths, post, TwoProviders};
+
+on_both_policy_paths!(guards_reject_mask_and_log_prompts);
+
+const GUARDS: &str = r#"guards:
+  request:
+    - name: no-secrets
+      action: reject
+      detectors: [secrets, credit_card]
+    - name: scrub-contacts
+      action: mask
+      detectors: [email]
+      patterns: ['(?i)project\s+falcon']
+    - name: watch-ssn
+      action: log
+      detectors: [us_ssn]
+"#;
+
+fn chat(content: &str, extra: &str) -> String {
+    serde_json::json!({
+        "model": "m-alpha",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": content},
+        ],
+    })
+    .to_string()
+    .replacen('{', &format!("{{{extra}"), 1)
+}
+
+async fn guards_reject_mask_and_log_prompts(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, GUARDS).await;
+    let url = t.stack.url("/v1/chat/completions");
+
+    // Reject: a card number (Luhn-valid) and an AWS key id; the client learns which guard and
+    // where, never the value; nothing reaches the provider.
+    for (secret, rule) in [
+        ("4111 1111 1111 1111", "credit_card"),
+        ("AKIAIOSFODNN7EXAMPLE", "secrets"),
+    ] {
+        let (status, body) =
+            json_of(post(&url, &chat(&format!("my key is {secret}, thanks"), "")).await).await;
+        assert_eq!(status, 400, "{body}");
+        let message = assert_openai_error(&body, "guard_rejected");
+        assert!(
+            message.contains("'no-secrets'") && message.contains(rule),
+            "{message}"
+        );
+        assert_eq!(body["error"]["param"], "messages[1].content", "{body}");
+        assert!(
+            !body.to_string().contains(secret),
+            "the secret was echoed: {body}"
+        );
+    }
+    let (status, body) = json_of(
+        post(
+            &t.stack.url("/v1/embeddings"),
+            r#"{"model":"m-alpha","input":["fine","AKIAIOSFODNN7EXAMPLE"]}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "input[1]", "{body}");
+    assert!(
+        t.alpha.recorded().is_empty(),
+        "a rejected prompt reached the provider"
+    );
+
+    // Mask: the provider gets the prompt with the e-mail and the project name redacted, the
+    // other fields intact and a content-length that matches.
+    let (status, reply) = json_of(
+        post(
+            &url,
+            &chat(
+                "mail bob@example.com about Project  Falcon",
+                r#""temperature":0.25,"#,
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let recorded = t.alpha.recorded();
+    assert_eq!(recorded.len(), 1);
+    let upstream = recorded[0].json().unwrap();
+    assert_eq!(
+        upstream["messages"][1]["content"],
+        "mail [REDACTED:email] about [REDACTED:pattern]"
+    );
+    assert_eq!(upstream["messages"][0]["content"], "be brief");
+    assert_eq!(upstream["temperature"], 0.25);
+    assert_eq!(upstream["model"], "alpha-1");
+    assert_eq!(
+        recorded[0]
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok()),
+        Some(recorded[0].body.len())
+    );
+    let entry = t.stack.wait_for_access_log("the masked request", |e| {
+        e["guard_hits"]
+            .as_str()
+            .is_some_and(|h| h.contains("scrub-contacts"))
+    });
+    let hits = entry["guard_hits"].as_str().unwrap();
+    assert!(
+        hits.contains("scrub-contacts:email:mask@messages[1].content")
+            && hits.contains("scrub-contacts:patterns[0]:mask"),
+        "{hits}"
+    );
+    assert!(!hits.contains("bob@"), "{hits}");
+
+    // Log only: forwarded unchanged, the hit recorded.
+    let (status, _) = json_of(post(&url, &chat("ssn 123-45-6789", "")).await).await;
+    assert_eq!(status, 200);
+    let upstream = t.alpha.recorded()[1].json().unwrap();
+    assert_eq!(upstream["messages"][1]["content"], "ssn 123-45-6789");
+    t.stack.wait_for_access_log("the logged SSN hit", |e| {
+        e["guard_hits"]
+            .as_str()
+            .is_some_and(|h| h.contains("watch-ssn:us_ssn:log"))
+    });
+
+    // A streamed request is masked the same way, and the stream still works.
+    let response = post(
+        &url,
+        &chat("reach me at eve@example.org", r#""stream":true,"#),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let upstream = t.alpha.recorded()[2].json().unwrap();
+    assert_eq!(
+        upstream["messages"][1]["content"],
+        "reach me at [REDACTED:email]"
+    );
+}
