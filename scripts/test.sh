@@ -30,6 +30,12 @@ echo "== mcp benchmark smoke run (debug build; MCP bridge federating three fixtu
 ./target/debug/gantry-bench --scenario mcp --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-mcp-smoke.log 2>&1 \
   || { cat target/bench-mcp-smoke.log; echo "mcp benchmark smoke run failed" >&2; exit 1; }
 echo "mcp benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-mcp-smoke.log) rounds, 0 errors)"
+echo "== module benchmark smoke run (debug build; the policy in Envoy's dynamic module vs ext_proc)"
+# gantry-module loads libgantry.so from next to target/debug/gantry: build it for that (debug) profile.
+cargo build --quiet -p gantry-dynamic-module
+./target/debug/gantry-bench --scenario module --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-module-smoke.log 2>&1 \
+  || { cat target/bench-module-smoke.log; echo "module benchmark smoke run failed" >&2; exit 1; }
+echo "module benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-module-smoke.log) rounds, 0 errors)"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \

@@ -1,6 +1,7 @@
 //! The gateways requests go through: plain Envoy (the baseline), `gantry run`, `gantry run`
-//! with an `auth` section (ext_authz on the path), and `gantry run` with a `governance` section
-//! on the embedded store or on a Redis started here; plus the helpers that start processes.
+//! with an `auth` section (ext_authz on the path), `gantry run` with a `governance` section
+//! on the embedded store or on a Redis started here, and `gantry run --mode module` (the policy
+//! in Envoy's dynamic module); plus the helpers that start processes.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -8,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use gantry_testkit::{
-    free_ports, loopback, ChildProcess, EnvoyProcess, GantryStack, RedisServer, StackPorts,
+    free_ports, loopback, ChildProcess, EnvoyProcess, GantryStack, PolicyPath, RedisServer,
+    StackPorts,
 };
 
 use crate::auth::{self, Credentials};
@@ -24,6 +26,8 @@ pub enum Gateway {
     GantryBudgetEmbedded,
     /// The same on Redis.
     GantryBudgetRedis,
+    /// `gantry run --mode module`: gantry's config, the policy in Envoy's dynamic module.
+    GantryModule,
 }
 
 impl Gateway {
@@ -34,6 +38,7 @@ impl Gateway {
             Gateway::GantryAuth => "gantry+auth",
             Gateway::GantryBudgetEmbedded => "gantry+budget-embedded",
             Gateway::GantryBudgetRedis => "gantry+budget-redis",
+            Gateway::GantryModule => "gantry-module",
         }
     }
 
@@ -45,6 +50,7 @@ impl Gateway {
             Gateway::GantryAuth => "gantry_auth",
             Gateway::GantryBudgetEmbedded => "gantry_budget_embedded",
             Gateway::GantryBudgetRedis => "gantry_budget_redis",
+            Gateway::GantryModule => "gantry_module",
         }
     }
 
@@ -55,7 +61,8 @@ impl Gateway {
             Gateway::Gantry
             | Gateway::GantryAuth
             | Gateway::GantryBudgetEmbedded
-            | Gateway::GantryBudgetRedis => UPSTREAM_MODEL,
+            | Gateway::GantryBudgetRedis
+            | Gateway::GantryModule => UPSTREAM_MODEL,
         }
     }
 
@@ -68,13 +75,14 @@ impl Gateway {
     }
 }
 
-/// The gateways, running side by side for the whole benchmark (`gantry+auth` and the budget
-/// gateways only when a scenario needs them).
+/// The gateways, running side by side for the whole benchmark (`gantry+auth`, the budget
+/// gateways and `gantry-module` only when a scenario needs them).
 pub struct Gateways {
     baseline: BaselineEnvoy,
     gantry: GantryStack,
     gantry_auth: Option<GantryStack>,
     budgets: Option<BudgetGateways>,
+    gantry_module: Option<GantryStack>,
 }
 
 /// gantry+budget-embedded and gantry+budget-redis, and their stores.
@@ -88,18 +96,22 @@ struct BudgetGateways {
 }
 
 impl Gateways {
-    /// Starts the baseline and gantry, gantry+auth when `credentials` are given, and with
-    /// `budgets` a Redis server and the two budget gateways. Prints where each runs and
+    /// Starts the baseline and gantry, gantry+auth when `credentials` are given, with
+    /// `budgets` a Redis server and the two budget gateways, and with `module` (the dynamic
+    /// module library next to `gantry_bin`, see [`locate_module`]) gantry-module, checked to
+    /// run the policy in Envoy (see [`check_module_stack`]). Prints where each runs and
     /// gantry's configs.
     pub async fn start(
         gantry_bin: &Path,
         upstream: SocketAddr,
         credentials: Option<&Credentials>,
         budgets: bool,
+        module: Option<&Path>,
     ) -> anyhow::Result<Gateways> {
         let baseline = BaselineEnvoy::start(upstream).await?;
         println!("baseline:    plain Envoy at {}", baseline.url);
-        let (gantry, config) = start_gantry(gantry_bin, upstream, Extra::Nothing).await?;
+        let (gantry, config) =
+            start_gantry(gantry_bin, upstream, Extra::Nothing, PolicyPath::ExtProc).await?;
         println!(
             "gantry:      gantry run at {}, config:\n{}",
             gantry.url(CHAT_PATH),
@@ -107,8 +119,13 @@ impl Gateways {
         );
         let gantry_auth = match credentials {
             Some(credentials) => {
-                let (stack, config) =
-                    start_gantry(gantry_bin, upstream, Extra::Auth(credentials)).await?;
+                let (stack, config) = start_gantry(
+                    gantry_bin,
+                    upstream,
+                    Extra::Auth(credentials),
+                    PolicyPath::ExtProc,
+                )
+                .await?;
                 println!(
                     "gantry+auth: gantry run at {} (ext_authz in the gantry process, called by \
                      Envoy before ext_proc), config:\n{}",
@@ -124,12 +141,37 @@ impl Gateways {
         } else {
             None
         };
+        let gantry_module = match module {
+            Some(library) => {
+                check_ext_proc_listens(&gantry).await?;
+                let (stack, _) =
+                    start_gantry(gantry_bin, upstream, Extra::Nothing, PolicyPath::Module).await?;
+                check_module_stack(&stack).await?;
+                println!(
+                    "gantry-module: gantry run --mode module at {} (the policy in Envoy's dynamic \
+                     module {}; no ext_proc server: its log says so and nothing listens on its \
+                     ext_proc port {}), config: gantry's, on its own ports",
+                    stack.url(CHAT_PATH),
+                    library.display(),
+                    stack.ext_proc.port()
+                );
+                Some(stack)
+            }
+            None => None,
+        };
         Ok(Gateways {
             baseline,
             gantry,
             gantry_auth,
             budgets,
+            gantry_module,
         })
+    }
+
+    fn gantry_module(&self) -> &GantryStack {
+        self.gantry_module
+            .as_ref()
+            .expect("the gantry-module gateway runs whenever a scenario uses it")
     }
 
     fn gantry_auth(&self) -> &GantryStack {
@@ -151,6 +193,7 @@ impl Gateways {
             Gateway::GantryAuth => self.gantry_auth().url(CHAT_PATH),
             Gateway::GantryBudgetEmbedded => self.budgets().embedded.url(CHAT_PATH),
             Gateway::GantryBudgetRedis => self.budgets().redis_gateway.url(CHAT_PATH),
+            Gateway::GantryModule => self.gantry_module().url(CHAT_PATH),
         }
     }
 
@@ -168,6 +211,13 @@ impl Gateways {
             }
             Gateway::GantryBudgetEmbedded => &mut self.budgets_mut().embedded.process,
             Gateway::GantryBudgetRedis => &mut self.budgets_mut().redis_gateway.process,
+            Gateway::GantryModule => {
+                &mut self
+                    .gantry_module
+                    .as_mut()
+                    .expect("the gantry-module gateway runs whenever a scenario uses it")
+                    .process
+            }
         }
     }
 
@@ -207,6 +257,7 @@ impl BudgetGateways {
             gantry_bin,
             upstream,
             Extra::Governance(Store::Embedded(&store_path)),
+            PolicyPath::ExtProc,
         )
         .await?;
         println!(
@@ -225,6 +276,7 @@ impl BudgetGateways {
             gantry_bin,
             upstream,
             Extra::Governance(Store::Redis(&redis.url())),
+            PolicyPath::ExtProc,
         )
         .await?;
         println!(
@@ -259,6 +311,51 @@ fn redis_version() -> String {
         })
         .unwrap_or_else(|| "version unknown".to_owned());
     format!("{} ({version})", path.display())
+}
+
+/// What `gantry run --mode module` logs instead of starting its ext_proc server.
+const MODULE_LOG_LINE: &str = "policy runs in Envoy's dynamic module";
+
+/// Fails unless `stack` (`gantry run --mode module`) runs the policy in Envoy: its log must say
+/// so, and nothing may listen on its config's ext_proc port (so that no request can be served
+/// by an ext_proc server).
+async fn check_module_stack(stack: &GantryStack) -> anyhow::Result<()> {
+    if !stack.process.stderr().contains(MODULE_LOG_LINE) {
+        bail!(
+            "gantry-module: `gantry run --mode module` did not log {MODULE_LOG_LINE:?}\n{}",
+            logs_tail(&stack.process)
+        );
+    }
+    if listens(stack.ext_proc).await {
+        bail!(
+            "gantry-module: something listens on its ext_proc port {} although the policy should \
+             run in Envoy's dynamic module\n{}",
+            stack.ext_proc,
+            logs_tail(&stack.process)
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless gantry's ext_proc server listens, the other side of the module comparison.
+async fn check_ext_proc_listens(stack: &GantryStack) -> anyhow::Result<()> {
+    if !listens(stack.ext_proc).await {
+        bail!(
+            "gantry: nothing listens on its ext_proc port {}\n{}",
+            stack.ext_proc,
+            logs_tail(&stack.process)
+        );
+    }
+    Ok(())
+}
+
+/// Whether a TCP connection to `addr` succeeds within a second.
+async fn listens(addr: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Fails, with the process's last output, if it has exited.
@@ -377,12 +474,13 @@ enum Extra<'a> {
     Governance(Store<'a>),
 }
 
-/// `gantry run` in front of the mock, with the `bench` alias and `extra`. Returns the stack
-/// and its config.
+/// `gantry run` in front of the mock, with the `bench` alias and `extra`, the policy on `path`
+/// (`--mode ext-proc` or `--mode module`). Returns the stack and its config.
 async fn start_gantry(
     gantry_bin: &Path,
     upstream: SocketAddr,
     extra: Extra<'_>,
+    path: PolicyPath,
 ) -> anyhow::Result<(GantryStack, String)> {
     // One call, so that the four ports are distinct.
     let free = free_ports(4);
@@ -406,8 +504,13 @@ async fn start_gantry(
     let yaml = gantry_config(&ports, upstream, &extra);
     let gantry_bin = gantry_bin.to_path_buf();
     let config = yaml.clone();
-    let stack = blocking("start `gantry run`", move || {
-        GantryStack::start(
+    let what = match path {
+        PolicyPath::ExtProc => "start `gantry run`",
+        PolicyPath::Module => "start `gantry run --mode module`",
+    };
+    let stack = blocking(what, move || {
+        GantryStack::start_on(
+            path,
             &gantry_bin,
             ports,
             &config,
@@ -463,6 +566,34 @@ pub fn locate_gantry(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The dynamic module `gantry run --mode module` loads: `libgantry.so` next to the gantry
+/// binary (its real path, as `gantry run` sees itself). Fails, saying how to build it for the
+/// gantry binary's profile, if it is missing.
+pub fn locate_module(gantry_bin: &Path) -> anyhow::Result<PathBuf> {
+    let gantry_bin = &std::fs::canonicalize(gantry_bin)
+        .with_context(|| format!("cannot resolve {}", gantry_bin.display()))?;
+    let path = gantry_bin.with_file_name("libgantry.so");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let profile = gantry_bin
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str());
+    let build = match profile {
+        Some("release") => "`cargo build --release -p gantry-dynamic-module`".to_owned(),
+        Some("debug") => "`cargo build -p gantry-dynamic-module`".to_owned(),
+        Some(profile) => format!("`cargo build --profile {profile} -p gantry-dynamic-module`"),
+        None => "`cargo build --release -p gantry-dynamic-module`".to_owned(),
+    };
+    bail!(
+        "the dynamic module is missing at {} (`gantry run --mode module` loads libgantry.so from \
+         next to the gantry binary {}): run {build} first (the same profile as gantry)",
+        path.display(),
+        gantry_bin.display()
+    )
 }
 
 /// Where the testkit will find Envoy, checked here so that a missing Envoy is a clear error.

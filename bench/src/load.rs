@@ -14,7 +14,7 @@ use crate::auth::KEY_NAME;
 use crate::budgets;
 use crate::gateways::Gateway;
 use crate::stats::{RoundStats, Tally};
-use crate::{Settings, ALIAS, BODY_BYTES, REQUEST_TIMEOUT, WARMUP};
+use crate::{Settings, ALIAS, BODY_BYTES, REQUEST_TIMEOUT, UPSTREAM_MODEL, WARMUP};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -24,6 +24,11 @@ pub enum Scenario {
     Authz,
     /// The chat request through baseline, gantry and the two budget gateways.
     Budgets,
+    /// The chat request through baseline, gantry-module (the policy in Envoy's dynamic module)
+    /// and gantry (ext_proc).
+    ModuleChat,
+    /// The stream request through the same three gateways.
+    ModuleStream,
 }
 
 impl Scenario {
@@ -33,7 +38,24 @@ impl Scenario {
             Scenario::Stream => "stream",
             Scenario::Authz => "authz",
             Scenario::Budgets => "budgets",
+            Scenario::ModuleChat => "module-chat",
+            Scenario::ModuleStream => "module-stream",
         }
+    }
+
+    /// Where the scenario goes in the JSON report's `scenarios`: a group and a key in it
+    /// (`scenarios.module.chat`), or `None` for a key of its own (`scenarios.chat`).
+    pub fn json_group(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Scenario::ModuleChat => Some(("module", "chat")),
+            Scenario::ModuleStream => Some(("module", "stream")),
+            Scenario::Chat | Scenario::Stream | Scenario::Authz | Scenario::Budgets => None,
+        }
+    }
+
+    /// Whether the scenario compares the dynamic module with ext_proc.
+    pub fn module(self) -> bool {
+        matches!(self, Scenario::ModuleChat | Scenario::ModuleStream)
     }
 
     pub fn describe(self) -> &'static str {
@@ -47,6 +69,14 @@ impl Scenario {
             Scenario::Budgets => {
                 "the chat request to every gateway; the budget gateways admit it against two \
                  budgets and a rate limit in their store, and settle it when the reply ends"
+            }
+            Scenario::ModuleChat => {
+                "the chat request (JSON reply) to baseline, gantry-module (policy in Envoy's \
+                 dynamic module) and gantry (policy in ext_proc)"
+            }
+            Scenario::ModuleStream => {
+                "the stream request (SSE reply sent without delay) to baseline, gantry-module \
+                 (policy in Envoy's dynamic module) and gantry (policy in ext_proc)"
             }
         }
     }
@@ -62,11 +92,14 @@ impl Scenario {
                 Gateway::GantryBudgetEmbedded,
                 Gateway::GantryBudgetRedis,
             ],
+            Scenario::ModuleChat | Scenario::ModuleStream => {
+                &[Gateway::Baseline, Gateway::GantryModule, Gateway::Gantry]
+            }
         }
     }
 
     fn streams(self) -> bool {
-        self == Scenario::Stream
+        matches!(self, Scenario::Stream | Scenario::ModuleStream)
     }
 }
 
@@ -225,7 +258,9 @@ pub fn excerpt(body: &[u8]) -> String {
 /// gantry+auth, also checks that the principal reached the mock and the key did not, and that
 /// the same request without the key is refused with 401 before reaching the mock. Through a
 /// budget gateway, checks that the reply shows the request admitted and charged by the budgets
-/// and the rate limit; through any other, that it carries no budget headers.
+/// and the rate limit; through any other, that it carries no budget headers. In the module
+/// scenarios, checks that gantry-module's and gantry's replies carry the routing headers (and,
+/// for JSON, the usage headers) Gantry's policy adds, and the baseline's none of them.
 pub async fn probe(mock: &MockProvider, gateway: Gateway, job: &Job) -> anyhow::Result<()> {
     let name = job.scenario.name();
     mock.clear_recorded();
@@ -239,6 +274,10 @@ pub async fn probe(mock: &MockProvider, gateway: Gateway, job: &Job) -> anyhow::
         budgets::check_not_governed(&headers)
     };
     governance.map_err(|error| anyhow!("{name} probe: {error}"))?;
+    if job.scenario.module() {
+        check_policy_headers(gateway, job.scenario, &headers)
+            .map_err(|error| anyhow!("{name} probe: {error}"))?;
+    }
     let recorded = mock.recorded();
     let [request] = recorded.as_slice() else {
         bail!(
@@ -286,6 +325,53 @@ pub async fn probe(mock: &MockProvider, gateway: Gateway, job: &Job) -> anyhow::
         }
     }
     mock.clear_recorded();
+    Ok(())
+}
+
+/// The response headers Gantry's policy adds (in the dynamic module as in ext_proc): the
+/// provider, the alias and the upstream model on every reply, and for a JSON reply the token
+/// counts read from its usage. The baseline must have none of them.
+fn check_policy_headers(
+    gateway: Gateway,
+    scenario: Scenario,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let names = [
+        "x-gantry-provider",
+        "x-gantry-model",
+        "x-gantry-upstream-model",
+        "x-gantry-prompt-tokens",
+    ];
+    if gateway == Gateway::Baseline {
+        return match names.iter().find(|name| headers.contains_key(**name)) {
+            Some(name) => Err(format!("the baseline's reply carries {name}")),
+            None => Ok(()),
+        };
+    }
+    let who = gateway.name();
+    for (name, expected) in [
+        ("x-gantry-provider", "mock"),
+        ("x-gantry-model", ALIAS),
+        ("x-gantry-upstream-model", UPSTREAM_MODEL),
+    ] {
+        if header(name) != Some(expected) {
+            return Err(format!(
+                "{who}'s reply carries {name} {:?} instead of {expected:?}",
+                header(name)
+            ));
+        }
+    }
+    if !scenario.streams() {
+        let tokens = header("x-gantry-prompt-tokens");
+        let count = tokens.and_then(|t| t.parse::<u64>().ok());
+        if count.unwrap_or(0) == 0 {
+            return Err(format!(
+                "{who}'s reply carries x-gantry-prompt-tokens {tokens:?} instead of the prompt's \
+                 token count"
+            ));
+        }
+    }
     Ok(())
 }
 

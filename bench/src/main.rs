@@ -1,11 +1,15 @@
 //! `gantry-bench`: the latency and throughput that Gantry's ext_proc, ext_authz and budget
-//! checks add to Envoy, measured against plain Envoy in the same run, the raw decision rate
-//! of the ext_authz server, and what the MCP bridge adds to an MCP server.
+//! checks add to Envoy, measured against plain Envoy in the same run, the same for Gantry's
+//! policy in Envoy's dynamic module, the raw decision rate of the ext_authz server, and what
+//! the MCP bridge adds to an MCP server.
 //!
 //! Usage (scripts/setup.sh must have installed Envoy; `ENVOY_BIN` overrides its path):
 //!
 //! ```text
 //! cargo build --release -p gantry -p gantry-bench && target/release/gantry-bench
+//! # --scenario module also needs the dynamic module, for the same profile:
+//! cargo build --release -p gantry -p gantry-bench -p gantry-dynamic-module \
+//!   && target/release/gantry-bench --scenario module
 //! ```
 //!
 //! The same OpenAI chat request (`POST /v1/chat/completions`, a ~1 KB JSON body) goes to a mock
@@ -27,7 +31,13 @@
 //!   defaults);
 //! - **gantry+budget-redis** (scenario `budgets` only): the same `governance` section with
 //!   `store: { kind: redis }` on a `redis-server` this program starts (the testkit's
-//!   `RedisServer`: Debian's, installed into `.local/` by scripts/setup.sh; no persistence).
+//!   `RedisServer`: Debian's, installed into `.local/` by scripts/setup.sh; no persistence);
+//! - **gantry-module** (scenario `module` only): `gantry run --mode module` with gantry's config
+//!   (on its own ports): Envoy loads Gantry's dynamic module (`libgantry.so`, which `gantry run`
+//!   finds next to the gantry binary; `cargo build --release -p gantry-dynamic-module`) and runs
+//!   the same policy in its own worker threads: no ext_proc or ext_authz server, no gRPC hop.
+//!   The alias is resolved and rewritten, the usage headers added and SSE passed through as in
+//!   ext_proc.
 //!
 //! Every Envoy gets the same flags apart from the bootstrap (Envoy's default `--concurrency`,
 //! `--log-level warn`); Gantry's bootstrap keeps its JSON access log, which is part of what the
@@ -51,6 +61,19 @@
 //! existed: `budgets` is measured only with `--scenario budgets`. It would add four gateways'
 //! rounds (about 70 s at the defaults, on top of some 3 minutes) and make the default run need
 //! `redis-server`, for a feature that is off unless configured.
+//!
+//! `--scenario module` (not in `all` either) sends the chat request, then the stream request, to
+//! baseline, gantry-module and gantry in alternating rounds (reported as `module-chat` and
+//! `module-stream`), so that gantry-module − baseline is what the policy costs in the module
+//! and gantry-module − gantry is the module against ext_proc. Probes first check that
+//! gantry-module runs the policy in Envoy: its log says "policy runs in Envoy's dynamic module",
+//! nothing listens on its config's ext_proc port (while gantry's ext_proc port does listen), and
+//! its replies, like gantry's, carry `x-gantry-provider: mock`, `x-gantry-model: bench`,
+//! `x-gantry-upstream-model: mock-small` (and, for JSON, a non-zero `x-gantry-prompt-tokens`)
+//! while the mock received the rewritten model; the baseline's replies carry none of these. If
+//! `libgantry.so` is missing next to the gantry binary the run fails at once, naming the cargo
+//! command for the binary's profile. It is not in `all` because it needs the module built and
+//! would add some 2 minutes (6 more rounds per request) that mostly repeat chat and stream.
 //!
 //! `--scenario mcp` (not in `all` either) measures Gantry's MCP bridge: three fixture MCP servers
 //! (`tests/interop/mcp/fixture_server.py`, the mcp 2.3.0 Python SDK, streamable HTTP, JSON replies;
@@ -83,9 +106,11 @@
 //! The machine is shared and noisy, so only relative numbers mean much: per scenario, the
 //! medians across rounds of p50/p99/mean latency and req/s for each gateway, the latency added
 //! (gantry − baseline; for `authz` also gantry+auth − baseline and gantry+auth − gantry; for
-//! `budgets` also gantry+budget-embedded − gantry and gantry+budget-redis − gantry) and the
-//! matching throughput ratios. A readable table is followed by one JSON line with every number
+//! `budgets` also gantry+budget-embedded − gantry and gantry+budget-redis − gantry; for `module`
+//! also gantry-module − baseline and gantry-module − gantry) and the matching throughput
+//! ratios. A readable table is followed by one JSON line with every number
 //! (`scenarios.authz.gantry_auth_minus_gantry`, `scenarios.budgets.budget_redis_minus_gantry`,
+//! `scenarios.module.chat.gantry_module_minus_gantry`, `scenarios.module.stream.gantry_module`,
 //! `decisions.kinds.<kind>.decisions_per_s`, ...).
 //! With `--scenario mcp` the JSON line has `mcp.cases.<method>_<era>` (`tools_list_stateless`,
 //! `tools_call_handshake`, ...) with `direct`, `bridge`, `added_*` and `throughput_ratio`.
@@ -141,6 +166,9 @@ const ROUND_NAME_WIDTH: usize = 11;
 const USAGE: &str = "\
 Usage (scripts/setup.sh must have installed Envoy; ENVOY_BIN overrides its path):
   cargo build --release -p gantry -p gantry-bench && target/release/gantry-bench
+  --scenario module also needs libgantry.so next to the gantry binary, for the same profile:
+  cargo build --release -p gantry -p gantry-bench -p gantry-dynamic-module \\
+    && target/release/gantry-bench --scenario module
 
 Sends the same OpenAI chat request through plain Envoy (baseline) and through `gantry run`
 (Envoy + Gantry's ext_proc) to an in-process mock provider, in alternating rounds; scenario
@@ -152,12 +180,15 @@ medians across rounds, the latency each gateway adds and the throughput ratios. 
 latency per decision for an API key, a JWT and CEL rules. Scenario `mcp` (not in `all`; needs
 the Python venv from scripts/setup.sh) sends MCP tools/list and tools/call, stateless 2026-07-28
 and with an initialize handshake, through Envoy to `gantry run`'s MCP bridge federating three
-fixture servers, and straight to the slowest of them, and prints what the bridge adds. Ends with
-one JSON line with every number. Exits 1 if any request failed or any decision was not an
-allow.";
+fixture servers, and straight to the slowest of them, and prints what the bridge adds. Scenario
+`module` (not in `all`) sends the chat and the stream request through plain Envoy, `gantry run
+--mode module` (the policy in Envoy's dynamic module, no ext_proc server) and `gantry run`
+(ext_proc), and prints what each adds and the module against ext_proc. Ends with one JSON line
+with every number. Exits 1 if any request failed or any decision was not an allow.";
 
-/// Measures what Gantry's ext_proc, ext_authz and budget checks add to Envoy, against plain
-/// Envoy in the same run (and what its MCP bridge adds to an MCP server).
+/// Measures what Gantry's ext_proc, ext_authz and budget checks (and its policy in Envoy's
+/// dynamic module) add to Envoy, against plain Envoy in the same run (and what its MCP bridge
+/// adds to an MCP server).
 #[derive(Parser, Debug)]
 #[command(name = "gantry-bench", after_help = USAGE)]
 struct Args {
@@ -197,7 +228,10 @@ enum ScenarioChoice {
     /// (federating three fixture servers) vs straight to the slowest of them (not part of
     /// `all`).
     Mcp,
-    /// chat, stream, authz and the decision rate (not budgets, not mcp).
+    /// The chat and the stream request: baseline vs gantry-module (the policy in Envoy's
+    /// dynamic module) vs gantry (ext_proc) (not part of `all`; needs libgantry.so).
+    Module,
+    /// chat, stream, authz and the decision rate (not budgets, mcp or module).
     All,
 }
 
@@ -210,6 +244,7 @@ impl ScenarioChoice {
             ScenarioChoice::Authz => vec![Scenario::Authz],
             ScenarioChoice::Decisions | ScenarioChoice::Mcp => Vec::new(),
             ScenarioChoice::Budgets => vec![Scenario::Budgets],
+            ScenarioChoice::Module => vec![Scenario::ModuleChat, Scenario::ModuleStream],
             ScenarioChoice::All => vec![Scenario::Chat, Scenario::Stream, Scenario::Authz],
         }
     }
@@ -234,6 +269,9 @@ struct Settings {
     decisions: bool,
     /// MCP through the bridge vs straight to an upstream, after the scenarios.
     mcp: bool,
+    /// The dynamic module gantry-module loads (`libgantry.so` next to the gantry binary), when
+    /// a scenario goes through gantry-module.
+    module: Option<PathBuf>,
 }
 
 impl Settings {
@@ -259,15 +297,22 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> anyhow::Result<()> {
     let mcp = args.scenario == ScenarioChoice::Mcp;
     let concurrency = args.concurrency.unwrap_or(if mcp { 4 } else { 8 });
+    let scenarios = args.scenario.scenarios();
+    let gantry_bin = gateways::locate_gantry(args.gantry.as_deref())?;
+    let module = if scenarios.iter().any(|s| s.module()) {
+        Some(gateways::locate_module(&gantry_bin)?)
+    } else {
+        None
+    };
     let settings = Settings {
         concurrency: usize::try_from(concurrency).context("--concurrency is too large")?,
         seconds: Duration::from_secs(args.seconds),
         rounds: usize::try_from(args.rounds).context("--rounds is too large")?,
-        scenarios: args.scenario.scenarios(),
+        scenarios,
         decisions: args.scenario.decisions(),
         mcp,
+        module,
     };
-    let gantry_bin = gateways::locate_gantry(args.gantry.as_deref())?;
     let envoy_bin = if settings.scenarios.is_empty() && !settings.mcp {
         None
     } else {
@@ -346,7 +391,16 @@ async fn bench(
         None
     } else {
         let credentials = credentials.as_ref().filter(|_| authz_scenario);
-        Some(Gateways::start(gantry_bin, mock.addr(), credentials, budgets_scenario).await?)
+        Some(
+            Gateways::start(
+                gantry_bin,
+                mock.addr(),
+                credentials,
+                budgets_scenario,
+                settings.module.as_deref(),
+            )
+            .await?,
+        )
     };
     let mut servers = match (&credentials, settings.decisions) {
         (Some(credentials), true) => {
@@ -375,7 +429,7 @@ async fn bench(
         }
         println!(
             "probes: every reply is valid; the mock received model '{ALIAS}' from the baseline and \
-             '{UPSTREAM_MODEL}' from gantry (alias rewritten by ext_proc){}{}",
+             '{UPSTREAM_MODEL}' from gantry (alias rewritten by ext_proc){}{}{}",
             if authz_scenario {
                 "; gantry+auth passed the key's principal upstream, not the key, and answered 401 \
                  without it"
@@ -386,6 +440,13 @@ async fn bench(
                 "; gantry+budget-embedded and gantry+budget-redis admitted and charged the \
                  request (x-gantry-budget and x-ratelimit-*-requests headers with the configured \
                  limits and less left), the other gateways sent no budget headers"
+            } else {
+                ""
+            },
+            if settings.module.is_some() {
+                "; gantry-module (no ext_proc server) and gantry rewrote the alias and replied \
+                 with x-gantry-provider, x-gantry-model, x-gantry-upstream-model (and \
+                 x-gantry-prompt-tokens for JSON), the baseline with none of them"
             } else {
                 ""
             }
@@ -495,7 +556,11 @@ fn job(
 ) -> Job {
     let authorization = match scenario {
         Scenario::Authz => credentials.map(Credentials::api_key_bearer),
-        Scenario::Chat | Scenario::Stream | Scenario::Budgets => None,
+        Scenario::Chat
+        | Scenario::Stream
+        | Scenario::Budgets
+        | Scenario::ModuleChat
+        | Scenario::ModuleStream => None,
     };
     Job::new(
         scenario,

@@ -51,6 +51,23 @@ impl ScenarioResult {
                 delta: Delta::between(gantry, baseline),
             });
         }
+        let module = self.get(Gateway::GantryModule);
+        if let (Some(module), Some(baseline)) = (module, baseline) {
+            comparisons.push(Comparison {
+                label: "gantry-module - baseline",
+                key: Some("gantry_module_minus_baseline"),
+                note: "(latency the dynamic module adds; req/s gantry-module/baseline)",
+                delta: Delta::between(module, baseline),
+            });
+        }
+        if let (Some(module), Some(gantry)) = (module, gantry) {
+            comparisons.push(Comparison {
+                label: "gantry-module - gantry",
+                key: Some("gantry_module_minus_gantry"),
+                note: "(module vs ext_proc: < 0 = the module is faster; req/s module/ext_proc)",
+                delta: Delta::between(module, gantry),
+            });
+        }
         if let (Some(gantry_auth), Some(baseline)) = (gantry_auth, baseline) {
             comparisons.push(Comparison {
                 label: "gantry+auth - baseline",
@@ -205,11 +222,15 @@ pub fn print_header(
     envoy_bin: Option<&Path>,
     bodies: &RequestBodies,
 ) {
+    let module = settings.scenarios.iter().any(|s| s.module());
     println!(
         "{}",
         if settings.mcp {
             "gantry-bench: the cost of Gantry's MCP bridge, against the MCP server alone in the \
              same run"
+        } else if module {
+            "gantry-bench: the cost of Gantry's policy in Envoy's dynamic module and in ext_proc, \
+             against plain Envoy in the same run"
         } else {
             "gantry-bench: the cost of Gantry's ext_proc, ext_authz and budget checks, against \
              plain Envoy in the same run"
@@ -231,7 +252,12 @@ pub fn print_header(
     if cfg!(debug_assertions) || gantry_bin.components().any(|c| c.as_os_str() == "debug") {
         println!(
             "WARNING:  a debug build is being measured; build with \
-             `cargo build --release -p gantry -p gantry-bench`"
+             `cargo build --release -p gantry -p gantry-bench{}`",
+            if module {
+                " -p gantry-dynamic-module"
+            } else {
+                ""
+            }
         );
     }
     let mut measured: Vec<&str> = settings.scenarios.iter().map(|s| s.name()).collect();
@@ -252,8 +278,8 @@ pub fn print_header(
     );
     if !settings.scenarios.is_empty() {
         println!(
-            "request:  POST {CHAT_PATH}, model '{ALIAS}', {} bytes (chat, authz, budgets) / {} \
-             bytes (stream)",
+            "request:  POST {CHAT_PATH}, model '{ALIAS}', {} bytes (chat, authz, budgets, \
+             module-chat) / {} bytes (stream, module-stream)",
             bodies.chat.len(),
             bodies.stream.len()
         );
@@ -271,6 +297,17 @@ pub fn print_header(
              (gantry run with a `governance` section: a dollar and a token budget and a rate \
              limit, all too large to refuse, on a SQLite file or on Redis); each request is \
              admitted against 3 counters, settled at the end of its reply, and logged"
+        );
+    }
+    if module {
+        println!(
+            "module:   baseline vs gantry-module (gantry run --mode module: the same config, the \
+             policy in Envoy's dynamic module {}, no ext_proc server) vs gantry (ext_proc), for \
+             the chat and the stream request",
+            settings
+                .module
+                .as_deref()
+                .map_or_else(|| "libgantry.so".to_owned(), |p| p.display().to_string())
         );
     }
     if settings.mcp {
@@ -361,10 +398,22 @@ pub fn report_json(
         decisions,
         mcp,
     } = *measured;
-    let scenarios: Map<String, Value> = results
-        .iter()
-        .map(|r| (r.scenario.name().to_owned(), r.to_json()))
-        .collect();
+    let mut scenarios = Map::new();
+    for result in results {
+        match result.scenario.json_group() {
+            None => {
+                scenarios.insert(result.scenario.name().to_owned(), result.to_json());
+            }
+            Some((group, key)) => {
+                if let Value::Object(group) = scenarios
+                    .entry(group)
+                    .or_insert_with(|| Value::Object(Map::new()))
+                {
+                    group.insert(key.to_owned(), result.to_json());
+                }
+            }
+        }
+    }
     json!({
         "bench": "gantry-bench",
         "command": command,
@@ -378,7 +427,7 @@ pub fn report_json(
         "seconds_per_round": settings.seconds.as_secs(),
         "rounds": settings.rounds,
         "body_bytes": { "chat": bodies.chat.len(), "stream": bodies.stream.len() },
-        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; mcp: bridge - direct; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
+        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; module.chat and module.stream also: gantry_module - baseline, gantry_module - gantry; mcp: bridge - direct; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
         "scenarios": scenarios,
         "decisions": decisions.map(DecisionResults::to_json),
         "mcp": mcp.map(McpResults::to_json),

@@ -73,6 +73,12 @@ impl FilterConfig {
                         .into(),
                 );
             }
+            if auth.mtls_identity {
+                return Err(
+                    "auth.mtls_identity is not supported by the dynamic module (it does not read client certificates): run Gantry in ext_proc mode for it"
+                        .into(),
+                );
+            }
         }
         if config.governance.is_some() {
             return Err(

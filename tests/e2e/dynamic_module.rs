@@ -322,3 +322,79 @@ async fn a_panic_in_the_module_fails_one_request_and_envoy_keeps_serving() {
         "the panic was not logged:\n{logs}"
     );
 }
+
+/// A hand-written bootstrap with a config the module cannot serve (or cannot parse) fails to
+/// load in Envoy, and the module's log line says why (Envoy's own message is generic).
+#[test]
+fn envoy_refuses_a_module_config_it_cannot_serve_and_the_log_says_why() {
+    let module = module_path();
+    let bootstrap = |filter_config: &str| {
+        serde_json::json!({
+            "static_resources": {
+                "listeners": [{
+                    "name": "l",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "l",
+                            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                                {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                            "http_filters": [
+                                {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                                    "dynamic_module_config": {
+                                        "name": "gantry",
+                                        "module": {"local": {"filename": module.display().to_string()}}
+                                    },
+                                    "filter_name": "gantry",
+                                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter_config}
+                                }},
+                                {"name": "envoy.filters.http.router", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                            ]
+                        }
+                    }]}]
+                }]
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"listen":"127.0.0.1:1","auth":{"jwt":[{"issuer":"https://idp.example/","audiences":["gantry"],"jwks_url":"https://idp.example/jwks"}]}}"#,
+            "auth.jwt is not supported by the dynamic module",
+        ),
+        (
+            r#"{"listen": "127.0.0.1:1", "models": ["#,
+            "invalid filter_config",
+        ),
+        (r#"{"listen":"127.0.0.1:1","modles":[]}"#, "modles"),
+    ];
+    for (i, (config, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.json"));
+        std::fs::write(&path, bootstrap(config).to_string()).unwrap();
+        let out = Command::new(envoy_binary())
+            .args([
+                "--mode",
+                "validate",
+                "--log-level",
+                "error",
+                "--config-path",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "Envoy accepted {config}:\n{logs}");
+        assert!(
+            logs.contains(expected),
+            "{config}: expected {expected:?} in\n{logs}"
+        );
+    }
+}
