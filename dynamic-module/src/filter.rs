@@ -73,9 +73,13 @@ impl FilterConfig {
                         .into(),
                 );
             }
-            if auth.mtls_identity {
+            let client_certificates = config
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca_file.is_some());
+            if auth.mtls_identity && client_certificates {
                 return Err(
-                    "auth.mtls_identity is not supported by the dynamic module (it does not read client certificates): run Gantry in ext_proc mode for it"
+                    "auth.mtls_identity with client certificates (tls.client_ca_file) is not supported by the dynamic module (it does not read them): run Gantry in ext_proc mode for it"
                         .into(),
                 );
             }

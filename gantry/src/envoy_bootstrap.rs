@@ -87,8 +87,14 @@ fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
     if config.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()) {
         return Some("auth.jwt (JWKS fetching needs the ext_authz server)");
     }
-    if config.auth.as_ref().is_some_and(|a| a.mtls_identity) {
-        return Some("auth.mtls_identity (the module does not read client certificates yet)");
+    let client_certificates = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    if client_certificates && config.auth.as_ref().is_some_and(|a| a.mtls_identity) {
+        return Some(
+            "auth.mtls_identity with client certificates (the module does not read them yet)",
+        );
     }
     if config.governance.is_some() {
         return Some("governance (budgets and rate limits need the store)");

@@ -398,3 +398,49 @@ fn envoy_refuses_a_module_config_it_cannot_serve_and_the_log_says_why() {
         );
     }
 }
+
+/// The C types of the hooks whose signatures carry data (the module's Rust declarations in
+/// `dynamic-module/src/lib.rs` follow them), as the pinned Envoy dlsyms them. Envoy checks hook
+/// names only; its `getFunctionPointer<T>` instantiations spell out each `T`, so a changed
+/// parameter list shows up here rather than as undefined behaviour.
+const HOOK_TYPES: &[&str] = &[
+    "const char *(*)()",
+    "const void *(*)(void *, envoy_dynamic_module_type_envoy_buffer, envoy_dynamic_module_type_envoy_buffer)",
+    "const void *(*)(const void *, void *)",
+    "envoy_dynamic_module_type_on_http_filter_request_headers_status (*)(void *, const void *, bool)",
+    "envoy_dynamic_module_type_on_http_filter_request_body_status (*)(void *, const void *, bool)",
+    "envoy_dynamic_module_type_on_http_filter_request_trailers_status (*)(void *, const void *)",
+    "envoy_dynamic_module_type_on_http_filter_response_headers_status (*)(void *, const void *, bool)",
+    "envoy_dynamic_module_type_on_http_filter_response_body_status (*)(void *, const void *, bool)",
+    "envoy_dynamic_module_type_on_http_filter_response_trailers_status (*)(void *, const void *)",
+];
+
+#[test]
+fn the_hook_signatures_match_what_the_pinned_envoy_looks_up() {
+    let envoy = std::fs::canonicalize(envoy_binary()).expect("envoy binary");
+    let out = Command::new("strings")
+        .args(["-n", "20"])
+        .arg(&envoy)
+        .output()
+        .expect("run strings (binutils)");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let looked_up: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("DynamicModule::getFunctionPointer"))
+        .filter_map(|l| l.split_once("[T = ").map(|(_, t)| t.trim_end_matches(']')))
+        .collect();
+    assert!(
+        looked_up.len() > 20,
+        "found only {} hook types in Envoy",
+        looked_up.len()
+    );
+    let missing: Vec<&&str> = HOOK_TYPES
+        .iter()
+        .filter(|t| !looked_up.contains(t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "hook signatures the pinned Envoy no longer uses (ABI drift): {missing:?}"
+    );
+}
