@@ -314,7 +314,7 @@ fn http_connection_manager(
         "normalize_path": true,
         "merge_slashes": true,
         "access_log": [access_log()],
-        "local_reply_config": local_reply_config(config.max_request_body_bytes()),
+        "local_reply_config": local_reply_config(config.max_request_body_bytes(), mode),
         "route_config": {
             "name": "gantry_routes",
             "virtual_hosts": [virtual_host],
@@ -510,7 +510,15 @@ fn access_log() -> Value {
 /// Envoy's own local replies, rewritten as OpenAI error objects: a provider that cannot be
 /// reached, a body over the buffer limit (Envoy answers before ext_proc sees it), and ext_proc
 /// being unreachable (fail closed).
-fn local_reply_config(max_request_body_bytes: u64) -> Value {
+fn local_reply_config(max_request_body_bytes: u64, mode: &FilterMode) -> Value {
+    let unprocessed = match mode {
+        FilterMode::ExtProc => {
+            "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it"
+        }
+        FilterMode::Module(_) => {
+            "no provider was chosen for this request: gantry's dynamic module did not process it"
+        }
+    };
     let cel_filter = |expression: &str| {
         json!({
             "extension_filter": {
@@ -536,7 +544,7 @@ fn local_reply_config(max_request_body_bytes: u64) -> Value {
                 "filter": cel_filter(&format!("xds.route_name == '{CATCH_ALL_ROUTE}' && response.code_details == 'no_healthy_upstream'")),
                 "status_code": 503,
                 "body_format_override": error_body(
-                    "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it",
+                    unprocessed,
                     "service_unavailable",
                     "gantry_unavailable",
                 ),
