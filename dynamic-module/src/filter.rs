@@ -22,10 +22,12 @@ use std::sync::Arc;
 
 use gantry_policy::auth::jwt::KeySet;
 use gantry_policy::auth::{AuthRequest, Decision, JwksSource};
+use gantry_policy::governance::scope::Caller;
 use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
+use gantry_policy::routing::RequestContext;
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
-    decide_on_head, plan_forward, ChunkOutput, ConfigFile, ForwardPlan, HeadDecision, LlmApi,
+    decide_on_head, plan_forward_in, ChunkOutput, ConfigFile, ForwardPlan, HeadDecision, LlmApi,
     LocalReply, Snapshot, StreamAccountant, Usage,
 };
 
@@ -214,14 +216,6 @@ enum ResponseBody {
     Streamed(StreamAccountant),
 }
 
-/// What the caller's authentication established, for later steps.
-#[derive(Default)]
-struct Caller {
-    subject: Option<String>,
-    team: Option<String>,
-    allowed_models: Option<Vec<String>>,
-}
-
 /// The outcome of a step: go on, or a local reply was sent.
 enum Step {
     Continue,
@@ -251,7 +245,8 @@ impl StreamFilter {
 
     pub fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
         let config = self.config.clone();
-        let head = Head::read(stream, config.snapshot.auth.is_some());
+        let all_headers = config.snapshot.auth.is_some() || config.snapshot.routing.uses_request();
+        let head = Head::read(stream, all_headers);
         if let Some(fault) = &config.fault_header {
             if stream.header(Side::Request, fault).is_some() {
                 panic!("fault injected by the {fault} request header");
@@ -318,7 +313,7 @@ impl StreamFilter {
                 None => return abi::BODY_STOP_ITERATION_NO_BUFFER,
             },
         };
-        match self.forward(stream, api, &body) {
+        match self.forward(stream, api, &head, &body) {
             Step::Continue => abi::BODY_CONTINUE,
             Step::Answered => abi::BODY_STOP_ITERATION_NO_BUFFER,
         }
@@ -438,10 +433,24 @@ impl StreamFilter {
                     }
                 }
                 if let Some(principal) = &allowed.principal {
+                    let key = principal.api_key.as_ref();
                     self.caller = Caller {
+                        method: Some(principal.method.as_str().to_string()),
                         subject: Some(principal.subject.clone()),
+                        user: principal.user.clone(),
                         team: principal.team.clone(),
-                        allowed_models: principal.api_key.as_ref().and_then(|k| k.models.clone()),
+                        key: principal.key.clone(),
+                        issuer: principal.issuer.clone(),
+                        labels: key
+                            .map(|k| {
+                                k.labels
+                                    .iter()
+                                    .map(|(n, v)| (n.clone(), v.clone()))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        claims: principal.claims.as_ref().map(|c| (**c).clone()),
+                        allowed_models: key.and_then(|k| k.models.clone()),
                     };
                 }
                 Step::Continue
@@ -488,8 +497,23 @@ impl StreamFilter {
     }
 
     /// Plans the upstream request and rewrites this one into it, or answers why not.
-    fn forward(&mut self, stream: &Stream, api: LlmApi, body: &[u8]) -> Step {
-        let mut plan = match plan_forward(&self.config.snapshot, api, body) {
+    fn forward(&mut self, stream: &Stream, api: LlmApi, head: &Head, body: &[u8]) -> Step {
+        let headers: Vec<(String, String)> = if self.config.snapshot.routing.uses_request() {
+            head.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let path = head.path.split('?').next().unwrap_or("");
+        let request = RequestContext {
+            caller: &self.caller,
+            method: &head.method,
+            path,
+            headers: &headers,
+        };
+        let mut plan = match plan_forward_in(&self.config.snapshot, api, body, &request) {
             Ok(plan) => plan,
             Err(reply) => {
                 send_local_reply(stream, &reply);
@@ -517,6 +541,9 @@ impl StreamFilter {
         stream.set_metadata_string(ns, "model", &route.alias);
         stream.set_metadata_string(ns, "upstream_model", &route.upstream_model);
         stream.set_metadata_bool(ns, "stream", plan.stream);
+        if let Some(rule) = &plan.routed_by {
+            stream.set_metadata_string(ns, "route_rule", rule);
+        }
         if !plan.guard_hits.is_empty() {
             let summary = gantry_policy::guard::hits_summary(&plan.guard_hits);
             stream.set_metadata_string(ns, "guard_hits", &summary);

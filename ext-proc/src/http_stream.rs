@@ -25,9 +25,10 @@ use gantry_policy::governance::metering::format_usd;
 use gantry_policy::governance::prices::TokenCounts;
 use gantry_policy::governance::{Caller, GovernancePolicy, Judgement, Metering, ScopeFacts};
 use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
+use gantry_policy::routing::RequestContext;
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
-    decide_on_head, plan_forward, ChunkOutput, ForwardPlan, HeadDecision, LlmApi, LocalReply,
+    decide_on_head, plan_forward_in, ChunkOutput, ForwardPlan, HeadDecision, LlmApi, LocalReply,
     Snapshot, StreamAccountant, Usage,
 };
 
@@ -251,7 +252,7 @@ impl HttpStream {
             Some(Request::RequestHeaders(headers)) => {
                 self.caller = caller_from_metadata(
                     message.metadata_context.as_ref(),
-                    self.snapshot.governance.is_some(),
+                    self.snapshot.governance.is_some() || self.snapshot.routing.uses_caller(),
                 );
                 self.on_request_headers(&headers)
             }
@@ -291,13 +292,17 @@ impl HttpStream {
                 immediate(&reply)
             }
             HeadDecision::ReadBody(api) => {
-                // Kept for the metering of the request only.
-                if let Some(policy) = &self.snapshot.governance {
+                // Kept for the metering of the request and for routing rules only.
+                let governance = self.snapshot.governance.as_ref();
+                let routing = &self.snapshot.routing;
+                if governance.is_some() || !routing.is_empty() {
+                    let keep_headers =
+                        governance.is_some_and(|p| p.uses_request()) || routing.uses_request();
                     self.head = RequestHead {
                         method: method.to_string(),
                         path: path.split('?').next().unwrap_or("").to_string(),
                         request_id: header(map, "x-request-id").unwrap_or("").to_string(),
-                        headers: if policy.uses_request() {
+                        headers: if keep_headers {
                             all_headers(map)
                         } else {
                             Vec::new()
@@ -326,7 +331,13 @@ impl HttpStream {
             ));
         }
         self.phase = Phase::Idle;
-        let mut plan = match plan_forward(&self.snapshot, api, &body.body) {
+        let request = RequestContext {
+            caller: &self.caller,
+            method: &self.head.method,
+            path: &self.head.path,
+            headers: &self.head.headers,
+        };
+        let mut plan = match plan_forward_in(&self.snapshot, api, &body.body, &request) {
             Ok(plan) => plan,
             Err(reply) => {
                 tracing::debug!(
@@ -373,6 +384,9 @@ impl HttpStream {
                 },
             ),
         ];
+        if let Some(rule) = &plan.routed_by {
+            fields.push(("route_rule", string_value(rule)));
+        }
         if !plan.guard_hits.is_empty() {
             fields.push((
                 "guard_hits",

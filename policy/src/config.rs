@@ -20,10 +20,12 @@ mod auth;
 mod governance;
 mod guards;
 mod mcp;
+mod routing;
 pub use auth::*;
 pub use governance::*;
 pub use guards::*;
 pub use mcp::*;
+pub use routing::*;
 
 /// Where Envoy's admin interface listens unless the config says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -77,6 +79,9 @@ pub struct ConfigFile {
     /// The MCP bridge: one MCP endpoint federating many MCP servers. Off unless configured.
     #[serde(default)]
     pub mcp: Option<McpSection>,
+    /// Content-based routing: CEL rules that pick the model alias before it is resolved.
+    #[serde(default)]
+    pub routing: Vec<RoutingRuleSection>,
 }
 
 /// Where Gantry serves `GET /metrics` (Prometheus text).
@@ -446,6 +451,7 @@ impl ConfigFile {
         if let Some(auth) = &self.auth {
             auth.validate(&model_names, &mut issues);
         }
+        routing::validate_routing(&self.routing, &model_names, &mut issues);
         if let Some(tls) = &self.tls {
             tls.validate(&mut issues);
         }

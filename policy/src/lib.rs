@@ -14,12 +14,15 @@ pub mod guard;
 pub mod json_object;
 pub mod mcp;
 pub mod openai_api;
+pub mod routing;
 pub mod snapshot;
 pub mod sse;
 pub mod usage;
 
 pub use config::{ConfigError, ConfigFile, FailureMode};
 pub use guard::{GuardHit, GuardPolicy, GuardVerdict};
-pub use openai_api::{decide_on_head, plan_forward, ForwardPlan, HeadDecision, LlmApi, LocalReply};
+pub use openai_api::{
+    decide_on_head, plan_forward, plan_forward_in, ForwardPlan, HeadDecision, LlmApi, LocalReply,
+};
 pub use snapshot::Snapshot;
 pub use usage::{ChunkOutput, StreamAccountant, Usage};

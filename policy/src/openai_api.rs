@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::guard::{GuardHit, GuardVerdict};
 use crate::json_object::RawObject;
+use crate::routing::RequestContext;
 use crate::snapshot::{Credential, ModelRoute, Snapshot};
 
 /// `LocalReply::details` of the `GET /v1/models` answer.
@@ -199,6 +200,8 @@ pub struct ForwardPlan {
     /// What the request guards found (already applied to `body` when masked); for logs and
     /// metadata. Never holds the matched text.
     pub guard_hits: Vec<GuardHit>,
+    /// The routing rule that picked `route` instead of the model the client asked for.
+    pub routed_by: Option<Arc<str>>,
 }
 
 impl ForwardPlan {
@@ -212,10 +215,22 @@ impl ForwardPlan {
 }
 
 /// Plans the upstream request from the buffered client body, or says why it cannot be sent.
+/// Routing rules see no caller and no headers: adapters call [`plan_forward_in`].
 pub fn plan_forward(
     snapshot: &Snapshot,
     api: LlmApi,
     body: &[u8],
+) -> Result<ForwardPlan, LocalReply> {
+    plan_forward_in(snapshot, api, body, &RequestContext::empty())
+}
+
+/// [`plan_forward`] with what the adapter knows of the request (caller, method, path,
+/// headers), which content-based routing rules may read.
+pub fn plan_forward_in(
+    snapshot: &Snapshot,
+    api: LlmApi,
+    body: &[u8],
+    request: &RequestContext<'_>,
 ) -> Result<ForwardPlan, LocalReply> {
     let limit = snapshot.max_request_body_bytes;
     if body.len() as u64 > limit {
@@ -246,6 +261,16 @@ pub fn plan_forward(
                 format!("'model' must be a string, got {}", raw.get()),
             )
         })?,
+    };
+    // Content-based routing, before the alias is resolved: a rule may also route a name that
+    // is no model (e.g. `auto`); without a matching rule, such a name is unknown.
+    let mut routed_by = None;
+    let alias = match snapshot.routing.pick(api, &alias, &object, request) {
+        Some(routed) => {
+            routed_by = Some(routed.rule);
+            routed.model
+        }
+        None => alias,
     };
     let Some(route) = snapshot.model(&alias) else {
         return Err(unknown_model(snapshot, &alias));
@@ -320,6 +345,7 @@ pub fn plan_forward(
         stream,
         usage_injected,
         guard_hits,
+        routed_by,
     })
 }
 
@@ -552,6 +578,50 @@ models:
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (413, Some("request_too_large"))
+        );
+    }
+
+    #[test]
+    fn routing_rules_pick_the_model_before_the_alias_is_resolved() {
+        let config = ConfigFile::parse(
+            "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: a, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+models:
+  - { name: fast, provider: a, model: small-1 }
+  - { name: smart, provider: a, model: big-1 }
+routing:
+  - { name: long-chats, when: 'llm.message_count > 2', model: smart }
+  - { name: auto, when: \"llm.model == 'auto'\", model: fast }
+",
+        )
+        .unwrap();
+        let s = Snapshot::compile(&config, &|_| None);
+        let api = LlmApi::ChatCompletions;
+        let plan = plan_forward(&s, api, br#"{"model":"fast","messages":[1,2,3]}"#).unwrap();
+        assert_eq!(plan.route.alias, "smart");
+        assert_eq!(plan.routed_by.as_deref(), Some("long-chats"));
+        assert_eq!(plan.body, br#"{"model":"big-1","messages":[1,2,3]}"#);
+        let plan = plan_forward(&s, api, br#"{"model":"fast","messages":[1]}"#).unwrap();
+        assert_eq!((plan.route.alias.as_str(), plan.routed_by), ("fast", None));
+        // A name that is no model, routed by a rule; unrouted, it is unknown.
+        let plan = plan_forward(&s, api, br#"{"model":"auto","messages":[]}"#).unwrap();
+        assert_eq!(plan.route.alias, "fast");
+        let (status, body) = reply(plan_forward(&s, api, br#"{"model":"gpt-9"}"#));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("model_not_found"))
+        );
+
+        let bad = ConfigFile::parse(
+            "listen: 127.0.0.1:10000\nrouting:\n  - { name: r, when: 'body.x', model: nope }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("routing[0].when") && bad.contains("routing[0].model"),
+            "{bad}"
         );
     }
 }

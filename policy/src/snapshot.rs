@@ -86,6 +86,8 @@ pub struct Snapshot {
     pub governance: Option<Arc<GovernancePolicy>>,
     /// Request guards (empty without a `guards` section), compiled once.
     pub guards: GuardPolicy,
+    /// Content-based routing rules (empty without a `routing` section).
+    pub routing: crate::routing::RoutingRules,
 }
 
 impl Snapshot {
@@ -158,6 +160,7 @@ impl Snapshot {
                     .map_err(|e| tracing::error!(error = %e, "governance section not compiled"))
                     .ok()
             }),
+            routing: crate::routing::RoutingRules::compile(&config.routing),
             guards: config.guards.as_ref().map_or_else(GuardPolicy::default, |section| {
                 // Unreachable on a validated config; refuse guarded traffic rather than let
                 // it through unscanned.

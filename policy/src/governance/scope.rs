@@ -289,6 +289,12 @@ impl ScopeContext {
     }
 }
 
+/// One variable of [`VARIABLES`] built from the facts (routing rules use the same caller
+/// variables).
+pub(crate) fn caller_variable(name: &str, facts: &ScopeFacts<'_>) -> CelValue {
+    variable(name, facts)
+}
+
 fn variable(name: &str, facts: &ScopeFacts<'_>) -> CelValue {
     let caller = facts.caller;
     match name {
