@@ -739,6 +739,95 @@ fn socket_address(addr: std::net::SocketAddr) -> Value {
     json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
 }
 
+/// A bootstrap whose listeners and clusters Envoy reads from two files it watches (file-based
+/// LDS and CDS), so `gantry run` can change them while Envoy serves: a reload rewrites the
+/// files, and Envoy applies them without dropping a request (a changed listener drains its
+/// connections; requests in flight finish on the old one).
+pub struct DynamicBootstrap {
+    /// The bootstrap proper: node, admin, overload manager, `dynamic_resources`.
+    pub bootstrap: Value,
+    /// The LDS file's content (a `DiscoveryResponse` of listeners).
+    pub listeners: Value,
+    /// The CDS file's content (a `DiscoveryResponse` of clusters).
+    pub clusters: Value,
+}
+
+/// The LDS and CDS file names inside the watched directory.
+pub const LDS_FILE: &str = "lds.json";
+pub const CDS_FILE: &str = "cds.json";
+
+/// Renders `config` as a [`DynamicBootstrap`] whose LDS/CDS files live in `dir`. `version`
+/// labels the resources (Envoy reports it in `/config_dump`).
+pub fn render_dynamic(
+    config: &ConfigFile,
+    mode: &FilterMode,
+    dir: &std::path::Path,
+    version: u64,
+) -> Result<DynamicBootstrap, RenderError> {
+    let mut full = render_with(config, mode)?;
+    let static_resources = full
+        .as_object_mut()
+        .and_then(|o| o.remove("static_resources"))
+        .unwrap_or_default();
+    let resources = |key: &str, type_url: &str| -> Value {
+        let items: Vec<Value> = static_resources[key]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut item| {
+                item["@type"] = json!(type_url);
+                item
+            })
+            .collect();
+        json!({ "version_info": version.to_string(), "resources": items })
+    };
+    let listeners = resources(
+        "listeners",
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+    );
+    let clusters = resources(
+        "clusters",
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    );
+    let source = |file: &str| {
+        json!({
+            "path_config_source": {
+                "path": dir.join(file).display().to_string(),
+                "watched_directory": { "path": dir.display().to_string() },
+            },
+            "resource_api_version": "V3",
+        })
+    };
+    full["dynamic_resources"] = json!({
+        "lds_config": source(LDS_FILE),
+        "cds_config": source(CDS_FILE),
+    });
+    Ok(DynamicBootstrap {
+        bootstrap: full,
+        listeners,
+        clusters,
+    })
+}
+
+/// The config Envoy runs while moving from `previous` to `next`: `next`, plus the providers
+/// only `previous` has, so that a request routed by the previous policy (still in flight, or
+/// on a connection the old listener is draining) finds its route and cluster. The next
+/// reload drops them.
+pub fn transition_config(next: &ConfigFile, previous: &ConfigFile) -> ConfigFile {
+    let mut merged = next.clone();
+    for provider in &previous.providers {
+        if !merged
+            .providers
+            .iter()
+            .any(|p| p.name.value == provider.name.value)
+        {
+            merged.providers.push(provider.clone());
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,11 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct RunOptions {
     pub config: ConfigFile,
+    /// The config's text and file (`None` for the bundled quickstart: nothing to reload).
+    pub config_text: String,
+    pub config_path: Option<PathBuf>,
+    /// Reload when the file changes (SIGHUP always reloads).
+    pub watch: bool,
     /// Names the config in the rendered bootstrap and in messages.
     pub config_source: String,
     pub envoy: PathBuf,
@@ -109,10 +114,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let work_dir = std::env::temp_dir().join(format!("gantry-run-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
-    let bootstrap_path = work_dir.join("envoy.yaml");
-    let bootstrap =
-        envoy_bootstrap::render_yaml_with(config, &options.config_source, &options.filter_mode)?;
-    std::fs::write(&bootstrap_path, bootstrap)
+    // Listeners and clusters come from files Envoy watches, so a reload can change them.
+    let (reloader, bootstrap) = crate::config_reload::Reloader::start(
+        options.config_path.clone(),
+        options.config_text.clone(),
+        config.clone(),
+        &options.filter_mode,
+        &work_dir,
+        services.shared.clone(),
+    )?;
+    let bootstrap_path = work_dir.join("envoy.json");
+    std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)
         .with_context(|| format!("cannot write {}", bootstrap_path.display()))?;
 
     let mut envoy = spawn_envoy(&options.envoy, &bootstrap_path, &options.envoy_log_level)?;
@@ -121,7 +133,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     } else {
         "http"
     };
-    let outcome = supervise(&mut envoy, listen, admin, &models, scheme).await;
+    let outcome = supervise(
+        &mut envoy,
+        listen,
+        admin,
+        &models,
+        scheme,
+        reloader,
+        options.watch,
+    )
+    .await;
     stop_envoy(&mut envoy).await;
     services.stop().await;
     drop(mocks);
@@ -137,6 +158,8 @@ pub struct Services {
     extra_tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The store runtime, when the config has a `governance` section.
     pub governance: Option<Arc<GovernanceRuntime>>,
+    /// The snapshot ext_proc and ext_authz serve from (`None` without them: module mode).
+    pub shared: Option<Arc<ArcSwap<Snapshot>>>,
 }
 
 impl Services {
@@ -194,6 +217,7 @@ impl Services {
             tasks: Vec::new(),
             extra_tasks: Vec::new(),
             governance: governance.clone(),
+            shared: policy_servers.then(|| shared.clone()),
         };
         if let Some(listener) = ext_proc_listener {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -332,16 +356,20 @@ pub async fn serve(config: ConfigFile) -> anyhow::Result<()> {
     outcome
 }
 
-/// Waits for readiness, then for a stop signal or Envoy's death.
+/// Waits for readiness, then for a stop signal or Envoy's death, reloading the config when
+/// its file changes (with `watch`) or on SIGHUP.
 async fn supervise(
     envoy: &mut Child,
     listen: SocketAddr,
     admin: SocketAddr,
     models: &[String],
     scheme: &str,
+    mut reloader: Option<crate::config_reload::Reloader>,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::select! {
         ready = wait_until_ready(envoy, listen, admin) => ready?,
         _ = sigint.recv() => return Ok(()),
@@ -351,13 +379,41 @@ async fn supervise(
         "gantry: ready at {scheme}://{listen} (models: {}; Envoy admin at http://{admin}; Ctrl-C stops)",
         if models.is_empty() { "none".to_string() } else { models.join(", ") }
     );
-    tokio::select! {
-        status = envoy.wait() => {
-            let status = status.context("cannot wait for envoy")?;
-            bail!("envoy exited unexpectedly ({status}); see its log above")
+    let mut poll = tokio::time::interval(crate::config_reload::WATCH_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            status = envoy.wait() => {
+                let status = status.context("cannot wait for envoy")?;
+                bail!("envoy exited unexpectedly ({status}); see its log above")
+            }
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sighup.recv() => "SIGHUP",
+            _ = poll.tick(), if watch && reloader.is_some() => {
+                if !reloader.as_ref().is_some_and(|r| r.file_changed()) {
+                    continue;
+                }
+                "file changed"
+            }
+        };
+        let Some(reloader) = reloader.as_mut() else {
+            println!("gantry: {why}: the bundled quickstart has no config file to reload");
+            continue;
+        };
+        match reloader.reload().await {
+            Ok(true) => println!(
+                "gantry: config reloaded from {} ({why}; version {}; models: {})",
+                reloader.path().display(),
+                reloader.version(),
+                reloader.models().join(", ")
+            ),
+            Ok(false) => {}
+            Err(e) => println!(
+                "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
+                reloader.path().display()
+            ),
         }
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
     }
 }
 

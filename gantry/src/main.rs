@@ -35,6 +35,9 @@ enum Commands {
         /// The dynamic module library (default: libgantry.so next to this binary).
         #[arg(long)]
         module: Option<PathBuf>,
+        /// Do not watch the config file (SIGHUP still reloads it).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Run only Gantry's gRPC servers (ext_proc, and ext_authz when the config has `auth`),
     /// for an Envoy or Istio gateway you run yourself.
@@ -213,7 +216,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             envoy_log_level,
             mode,
             module,
+            no_watch,
         } => {
+            let config_path = config.clone();
             let (parsed, source, text) = match config {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -239,6 +244,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let envoy = envoy_binary::locate(envoy.as_deref())?;
             runtime()?.block_on(local_stack::run(local_stack::RunOptions {
                 config: parsed,
+                config_text: text,
+                config_path,
+                watch: !no_watch,
                 config_source: source,
                 envoy,
                 envoy_log_level,

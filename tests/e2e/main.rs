@@ -17,6 +17,7 @@ mod llm_path;
 mod mcp_bridge;
 mod mcp_conformance;
 mod mcp_interop;
+mod reload;
 mod routing;
 mod streaming;
 mod tls_upstream;

@@ -222,6 +222,8 @@ pub struct GantryStack {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub ext_proc: SocketAddr,
+    /// The config file `gantry run` reads (and watches: rewrite it to reload).
+    pub config_path: PathBuf,
     _config_dir: tempfile::TempDir,
 }
 
@@ -281,6 +283,18 @@ impl GantryStack {
         yaml: &str,
         env: &[(&str, &str)],
     ) -> GantryStack {
+        Self::start_with_args(path, gantry, ports, yaml, env, &[])
+    }
+
+    /// [`GantryStack::start_on`] with more `gantry run` arguments.
+    pub fn start_with_args(
+        path: PolicyPath,
+        gantry: &Path,
+        ports: StackPorts,
+        yaml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> GantryStack {
         let config_dir = tempfile::Builder::new()
             .prefix("gantry-config")
             .tempdir()
@@ -298,6 +312,7 @@ impl GantryStack {
         if path == PolicyPath::Module {
             command.arg("--mode").arg("module");
         }
+        command.args(args);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -308,6 +323,7 @@ impl GantryStack {
             listen: loopback(ports.listen),
             admin: loopback(ports.admin),
             ext_proc: loopback(ports.ext_proc),
+            config_path,
             _config_dir: config_dir,
         }
     }
