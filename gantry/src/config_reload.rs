@@ -194,41 +194,7 @@ impl Reloader {
     }
 
     fn refuse_restart_only_changes(&self, next: &ConfigFile, json: &Value) -> anyhow::Result<()> {
-        let old = &self.current_json;
-        let pointers = [
-            ("/admin", "admin"),
-            ("/ext_proc/listen", "ext_proc.listen"),
-            ("/auth/listen", "auth.listen"),
-            ("/auth/jwt", "auth.jwt"),
-            ("/metrics", "metrics"),
-            ("/mcp", "mcp"),
-            ("/governance/store", "governance.store"),
-        ];
-        for (pointer, field) in pointers {
-            if old.pointer(pointer) != json.pointer(pointer) {
-                bail!("{field} changed: that needs a restart of gantry run");
-            }
-        }
-        if self.current.auth.is_some() != next.auth.is_some() {
-            bail!("adding or removing the auth section needs a restart of gantry run");
-        }
-        if self.current.governance.is_some() != next.governance.is_some() {
-            bail!("adding or removing the governance section needs a restart of gantry run");
-        }
-        let mocks = |config: &ConfigFile| {
-            let mut mocks: Vec<(String, String)> = config
-                .providers
-                .iter()
-                .filter(|p| p.mock)
-                .map(|p| (p.name.value.clone(), p.endpoint.value.clone()))
-                .collect();
-            mocks.sort();
-            mocks
-        };
-        if mocks(&self.current) != mocks(next) {
-            bail!("the mock: true providers changed: their servers start with gantry run, so that needs a restart");
-        }
-        Ok(())
+        restart_only_change(&self.current, &self.current_json, next, json)
     }
 
     /// A counter from Envoy's admin `/stats`, 0 when unreadable.
@@ -272,6 +238,109 @@ impl Reloader {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok(())
+    }
+}
+
+/// Refuses a change that needs a restart, naming the field.
+pub fn restart_only_change(
+    current: &ConfigFile,
+    current_json: &Value,
+    next: &ConfigFile,
+    json: &Value,
+) -> anyhow::Result<()> {
+    let old = current_json;
+    let pointers = [
+        ("/admin", "admin"),
+        ("/ext_proc/listen", "ext_proc.listen"),
+        ("/auth/listen", "auth.listen"),
+        ("/auth/jwt", "auth.jwt"),
+        ("/metrics", "metrics"),
+        ("/mcp", "mcp"),
+        ("/governance/store", "governance.store"),
+    ];
+    for (pointer, field) in pointers {
+        if old.pointer(pointer) != json.pointer(pointer) {
+            bail!("{field} changed: that needs a restart");
+        }
+    }
+    if current.auth.is_some() != next.auth.is_some() {
+        bail!("adding or removing the auth section needs a restart");
+    }
+    if current.governance.is_some() != next.governance.is_some() {
+        bail!("adding or removing the governance section needs a restart");
+    }
+    let mocks = |config: &ConfigFile| {
+        let mut mocks: Vec<(String, String)> = config
+            .providers
+            .iter()
+            .filter(|p| p.mock)
+            .map(|p| (p.name.value.clone(), p.endpoint.value.clone()))
+            .collect();
+        mocks.sort();
+        mocks
+    };
+    if mocks(current) != mocks(next) {
+        bail!("the mock: true providers changed: their servers start with gantry run, so that needs a restart");
+    }
+    Ok(())
+}
+
+/// Reloads for `gantry serve`: only the snapshot (Envoy is someone else's). Keeps the last
+/// text seen, so an invalid file is reported once.
+pub struct SnapshotReloader {
+    path: PathBuf,
+    last_text: String,
+    current: ConfigFile,
+    current_json: Value,
+    shared: Arc<ArcSwap<Snapshot>>,
+}
+
+impl SnapshotReloader {
+    pub fn new(
+        path: PathBuf,
+        config: ConfigFile,
+        shared: Arc<ArcSwap<Snapshot>>,
+    ) -> anyhow::Result<SnapshotReloader> {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(SnapshotReloader {
+            current_json: serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?,
+            last_text: text,
+            path,
+            current: config,
+            shared,
+        })
+    }
+
+    pub fn file_changed(&self) -> bool {
+        std::fs::read_to_string(&self.path).is_ok_and(|text| text != self.last_text)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file and swaps the snapshot. `Ok(false)`: nothing changed.
+    pub async fn reload(&mut self) -> anyhow::Result<bool> {
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        if text == self.last_text {
+            return Ok(false);
+        }
+        self.last_text = text.clone();
+        let next = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let next_json: Value = serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?;
+        restart_only_change(&self.current, &self.current_json, &next, &next_json)?;
+        let compiled = next.clone();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            Snapshot::compile(&compiled, &|name| std::env::var(name).ok())
+        })
+        .await
+        .context("compiling the new snapshot")?;
+        self.shared.store(Arc::new(snapshot));
+        self.current = next;
+        self.current_json = next_json;
+        Ok(true)
     }
 }
 

@@ -327,7 +327,7 @@ impl Services {
 }
 
 /// `gantry serve`: only the gRPC servers, for an Envoy or Istio gateway run by someone else.
-pub async fn serve(config: ConfigFile) -> anyhow::Result<()> {
+pub async fn serve(config: ConfigFile, config_path: &std::path::Path) -> anyhow::Result<()> {
     let snapshot = Snapshot::compile(&config, &|name| std::env::var(name).ok());
     for (provider, env) in snapshot.unavailable_providers() {
         tracing::warn!(
@@ -336,8 +336,17 @@ pub async fn serve(config: ConfigFile) -> anyhow::Result<()> {
     }
     let has_auth = snapshot.auth.is_some();
     let mut services = Services::start(&config, snapshot).await?;
+    let mut reloader = match &services.shared {
+        Some(shared) => Some(crate::config_reload::SnapshotReloader::new(
+            config_path.to_path_buf(),
+            config.clone(),
+            shared.clone(),
+        )?),
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     println!(
         "gantry: serving ext_proc on {}{} (Ctrl-C stops)",
         config.ext_proc_addr(),
@@ -347,10 +356,36 @@ pub async fn serve(config: ConfigFile) -> anyhow::Result<()> {
             String::new()
         }
     );
-    let outcome = tokio::select! {
-        e = services.failed() => Err(e),
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
+    let mut poll = tokio::time::interval(crate::config_reload::WATCH_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        let why = tokio::select! {
+            e = services.failed() => break Err(e),
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = sighup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                if !reloader.as_ref().is_some_and(|r| r.file_changed()) {
+                    continue;
+                }
+                "file changed"
+            }
+        };
+        let Some(reloader) = reloader.as_mut() else {
+            continue;
+        };
+        // Only Gantry's policy reloads here: the Envoy in front is configured by its owner.
+        match reloader.reload().await {
+            Ok(true) => println!(
+                "gantry: config reloaded from {} ({why})",
+                reloader.path().display()
+            ),
+            Ok(false) => {}
+            Err(e) => println!(
+                "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
+                reloader.path().display()
+            ),
+        }
     };
     services.stop().await;
     outcome

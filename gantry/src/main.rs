@@ -255,7 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Serve { config } => {
             let parsed = load(&config)?;
-            runtime()?.block_on(local_stack::serve(parsed))
+            runtime()?.block_on(local_stack::serve(parsed, &config))
         }
         Commands::Key { command } => match command {
             KeyCommand::New { name } => {

@@ -240,3 +240,67 @@ async fn an_invalid_reload_is_refused_and_the_old_config_keeps_serving(path: Pol
         "a refused config was applied"
     );
 }
+
+/// `gantry serve` (for an Envoy someone else runs) reloads its policy too: on SIGHUP here, with
+/// the Envoy in front unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gantry_serve_reloads_its_policy_on_sighup() {
+    let alpha = start_mock("alpha", None).await;
+    let ports = StackPorts::free();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("gantry.yaml");
+    let yaml = |models: &str| {
+        format!(
+            "{}providers:\n  - {{ name: alpha, kind: openai, endpoint: '{}' }}\n{models}",
+            ports.config_head(),
+            alpha.base_url()
+        )
+    };
+    std::fs::write(&config_path, yaml(MODELS)).unwrap();
+    let bootstrap = dir.path().join("envoy.yaml");
+    let rendered = std::process::Command::new(gantry_bin())
+        .args(["envoy-config", "--config"])
+        .arg(&config_path)
+        .arg("--output")
+        .arg(&bootstrap)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{rendered:?}");
+    let admin = gantry_testkit::loopback(ports.admin);
+    let envoy =
+        tokio::task::spawn_blocking(move || gantry_testkit::EnvoyProcess::start(&bootstrap, admin))
+            .await
+            .unwrap();
+    let mut serve = gantry_testkit::ChildProcess::spawn(
+        "gantry serve",
+        std::process::Command::new(gantry_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path),
+    );
+    serve.wait_for_stdout("gantry: serving ext_proc", RELOAD_DEADLINE);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", ports.listen);
+    let (status, _) = json_of(post(&url, &chat("m-later", "hi", false)).await).await;
+    assert_eq!(status, 404);
+
+    let staging = config_path.with_extension("staging");
+    std::fs::write(
+        &staging,
+        yaml(&format!(
+            "{MODELS}  - {{ name: m-later, provider: alpha, model: later-1 }}\n"
+        )),
+    )
+    .unwrap();
+    std::fs::rename(&staging, &config_path).unwrap();
+    serve.signal(libc::SIGHUP);
+    let serve = tokio::task::spawn_blocking(move || {
+        serve.wait_for_stdout("gantry: config reloaded from", RELOAD_DEADLINE);
+        serve
+    })
+    .await
+    .unwrap();
+    let (status, reply) = json_of(post(&url, &chat("m-later", "hi", false)).await).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["model"], "later-1");
+    drop((serve, envoy));
+}
