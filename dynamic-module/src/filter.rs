@@ -23,12 +23,14 @@ use std::sync::Arc;
 use gantry_policy::auth::jwt::KeySet;
 use gantry_policy::auth::{AuthRequest, Decision, JwksSource};
 use gantry_policy::governance::scope::Caller;
+use gantry_policy::guard::response::ResponseVerdict;
 use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
+use gantry_policy::response_stream::ResponseStream;
 use gantry_policy::routing::RequestContext;
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
     decide_on_head, plan_forward_in, ChunkOutput, ConfigFile, ForwardPlan, HeadDecision, LlmApi,
-    LocalReply, Snapshot, StreamAccountant, Usage,
+    LocalReply, Snapshot, Usage,
 };
 
 use crate::abi;
@@ -213,7 +215,7 @@ enum ResponseBody {
     /// JSON, buffered whole for its usage.
     Buffered,
     /// SSE, passed on chunk by chunk.
-    Streamed(StreamAccountant),
+    Streamed(Box<ResponseStream>),
 }
 
 /// The outcome of a step: go on, or a local reply was sent.
@@ -342,12 +344,17 @@ impl StreamFilter {
             .header(Side::Response, "content-type")
             .unwrap_or_default();
         if content_type.starts_with("text/event-stream") {
-            if exchange.plan.usage_injected {
+            if exchange.plan.usage_injected
+                || !self.config.snapshot.guards.response_guards().is_empty()
+            {
                 // Chunks may shrink when the usage is stripped.
                 stream.set_header(Side::Response, "content-length", None);
             }
-            exchange.response =
-                ResponseBody::Streamed(StreamAccountant::new(exchange.plan.usage_injected));
+            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::new(
+                exchange.plan.api,
+                exchange.plan.usage_injected,
+                self.config.snapshot.guards.response_guards(),
+            )));
             abi::HEADERS_CONTINUE
         } else if content_type.starts_with("application/json") {
             // Held until the body is read, so the usage headers can still be added.
@@ -369,6 +376,37 @@ impl StreamFilter {
                     return abi::BODY_STOP_ITERATION_AND_BUFFER;
                 }
                 let body = stream.body(Side::Response);
+                let guards = self.config.snapshot.guards.response_guards();
+                if !guards.is_empty() {
+                    let verdict = guards.check_json(exchange.plan.api, &body);
+                    if !verdict.hits().is_empty() {
+                        let summary = gantry_policy::guard::hits_summary(verdict.hits());
+                        stream.set_metadata_string(
+                            METADATA_NAMESPACE,
+                            "response_guard_hits",
+                            &summary,
+                        );
+                    }
+                    match verdict {
+                        ResponseVerdict::Unchanged { .. } => {}
+                        ResponseVerdict::Masked { body: masked, .. } => {
+                            stream.replace_body(Side::Response, &masked);
+                            stream.set_header(
+                                Side::Response,
+                                "content-length",
+                                Some(&masked.len().to_string()),
+                            );
+                        }
+                        ResponseVerdict::Rejected { reply, .. } => {
+                            if let Some(usage) = usage_from_json(&body) {
+                                write_usage(stream, usage);
+                            }
+                            exchange.response = ResponseBody::Ignored;
+                            send_local_reply(stream, &reply);
+                            return abi::BODY_STOP_ITERATION_NO_BUFFER;
+                        }
+                    }
+                }
                 if let Some(usage) = usage_from_json(&body) {
                     for (name, value) in [
                         (PROMPT_TOKENS_HEADER, usage.prompt_tokens),
@@ -390,6 +428,15 @@ impl StreamFilter {
                 if end_of_stream {
                     if let Some(usage) = accountant.usage() {
                         write_usage(stream, usage);
+                    }
+                    let hits = accountant.guard_hits();
+                    if !hits.is_empty() {
+                        let summary = gantry_policy::guard::hits_summary(&hits);
+                        stream.set_metadata_string(
+                            METADATA_NAMESPACE,
+                            "response_guard_hits",
+                            &summary,
+                        );
                     }
                 }
                 abi::BODY_CONTINUE

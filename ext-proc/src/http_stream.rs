@@ -24,12 +24,14 @@ use gantry_policy::governance::ledger::{Nanos, SpendOutcome, NANOS_PER_USD};
 use gantry_policy::governance::metering::format_usd;
 use gantry_policy::governance::prices::TokenCounts;
 use gantry_policy::governance::{Caller, GovernancePolicy, Judgement, Metering, ScopeFacts};
+use gantry_policy::guard::response::ResponseVerdict;
 use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
+use gantry_policy::response_stream::ResponseStream;
 use gantry_policy::routing::RequestContext;
 use gantry_policy::usage::usage_from_json;
 use gantry_policy::{
     decide_on_head, plan_forward_in, ChunkOutput, ForwardPlan, HeadDecision, LlmApi, LocalReply,
-    Snapshot, StreamAccountant, Usage,
+    Snapshot, Usage,
 };
 
 use crate::governance::{now_ms, GovernanceRuntime};
@@ -69,8 +71,8 @@ enum ResponseBody {
     Ignored,
     /// JSON read whole for its usage.
     Buffered,
-    /// SSE passed on chunk by chunk.
-    Streamed(StreamAccountant),
+    /// SSE passed on chunk by chunk (usage read, response guards applied).
+    Streamed(Box<ResponseStream>),
 }
 
 /// A request under a governance policy, from admission to its one settlement.
@@ -597,8 +599,11 @@ impl HttpStream {
         let mode = if !success || headers.end_of_stream {
             None
         } else if content_type.starts_with("text/event-stream") {
-            exchange.response =
-                ResponseBody::Streamed(StreamAccountant::new(exchange.plan.usage_injected));
+            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::new(
+                exchange.plan.api,
+                exchange.plan.usage_injected,
+                self.snapshot.guards.response_guards(),
+            )));
             Some(BodySendMode::Streamed)
         } else if content_type.starts_with("application/json") {
             exchange.response = ResponseBody::Buffered;
@@ -648,6 +653,37 @@ impl HttpStream {
                 let usage = usage_from_json(&body.body);
                 let mut set_headers = Vec::new();
                 let mut fields = Vec::new();
+                let mut body_mutation = None;
+                let guards = self.snapshot.guards.response_guards();
+                if !guards.is_empty() {
+                    let verdict = guards.check_json(exchange.plan.api, &body.body);
+                    if !verdict.hits().is_empty() {
+                        fields.push((
+                            "response_guard_hits",
+                            string_value(&gantry_policy::guard::hits_summary(verdict.hits())),
+                        ));
+                    }
+                    match verdict {
+                        ResponseVerdict::Unchanged { .. } => {}
+                        ResponseVerdict::Masked { body: masked, .. } => {
+                            set_headers
+                                .push(set_header("content-length", &masked.len().to_string()));
+                            body_mutation = Some(BodyMutation {
+                                mutation: Some(Mutation::Body(masked)),
+                            });
+                        }
+                        ResponseVerdict::Rejected { reply, .. } => {
+                            // The provider answered (and bills it): settle with its usage.
+                            if let Some(metered) = exchange.metered.take() {
+                                let tokens = metered.metering.billed_tokens(usage, None);
+                                metered.finish(Some(tokens), status, SpendOutcome::Ok);
+                            }
+                            let mut response = immediate(&reply);
+                            response.dynamic_metadata = Some(gantry_metadata(fields));
+                            return response;
+                        }
+                    }
+                }
                 if let Some(u) = usage {
                     set_headers.extend([
                         set_header(PROMPT_TOKENS_HEADER, &u.prompt_tokens.to_string()),
@@ -673,6 +709,7 @@ impl HttpStream {
                     response: Some(Response::ResponseBody(BodyResponse {
                         response: Some(CommonResponse {
                             header_mutation,
+                            body_mutation,
                             ..Default::default()
                         }),
                     })),
@@ -694,6 +731,13 @@ impl HttpStream {
                     let observed = accountant.text_events();
                     let mut fields: Vec<(&str, Value)> =
                         usage.map(usage_fields).into_iter().flatten().collect();
+                    let hits = accountant.guard_hits();
+                    if !hits.is_empty() {
+                        fields.push((
+                            "response_guard_hits",
+                            string_value(&gantry_policy::guard::hits_summary(&hits)),
+                        ));
+                    }
                     if let Some(metered) = exchange.metered.take() {
                         let tokens = metered.metering.billed_tokens(usage, Some(observed));
                         let cost = metered.metering.cost(&tokens);

@@ -496,6 +496,7 @@ fn access_log() -> Value {
                     "total_tokens": meta("total_tokens"),
                     "cost_usd": meta("cost_usd"),
                     "guard_hits": meta("guard_hits"),
+                    "response_guard_hits": meta("response_guard_hits"),
                     "route_rule": meta("route_rule"),
                     "request_id": "%REQ(X-REQUEST-ID)%",
                     "subject": authz("subject"),

@@ -121,6 +121,7 @@ fn answer(
             .chunks
             .unwrap_or(shared.config.stream_chunks)
             .max(1),
+        reply: controls.reply.clone(),
     };
     match route {
         Route::ChatCompletions => openai::chat_completions(shared, body, &stream),
@@ -183,6 +184,7 @@ struct Controls {
     chunk_delay: Option<Duration>,
     first_byte_delay: Option<Duration>,
     chunks: Option<usize>,
+    reply: Option<String>,
 }
 
 impl Controls {
@@ -208,6 +210,10 @@ impl Controls {
             first_byte_delay: number_header(headers, controls::FIRST_BYTE_DELAY_MS)?
                 .map(Duration::from_millis),
             chunks,
+            reply: headers
+                .get(controls::REPLY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         })
     }
 }

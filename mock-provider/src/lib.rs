@@ -53,6 +53,9 @@ pub mod controls {
     pub const FIRST_BYTE_DELAY_MS: &str = "x-mock-first-byte-delay-ms";
     /// Override [`MockConfig::stream_chunks`](crate::MockConfig::stream_chunks).
     pub const CHUNKS: &str = "x-mock-chunks";
+    /// Answer with this text instead of the canned one (JSON, or split into the stream's
+    /// chunks), e.g. to test what guards do with a provider's reply.
+    pub const REPLY: &str = "x-mock-reply";
 }
 
 /// Name of the response header that identifies which mock answered.

@@ -31,6 +31,8 @@ pub(crate) struct StreamSettings {
     pub(crate) chunk_delay: Duration,
     /// Number of content chunks; at least 1.
     pub(crate) chunks: usize,
+    /// The reply text to send instead of the canned one.
+    pub(crate) reply: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +95,7 @@ pub(crate) fn chat_completions(
         &model,
         prompt_words,
         request.max_completion_tokens.or(request.max_tokens),
+        stream.reply.as_deref(),
     )?;
     let meta = ReplyMeta::new(shared, "chatcmpl-mock", model);
 
@@ -161,7 +164,13 @@ pub(crate) fn completions(
             .with_param("prompt")
         })?,
     };
-    let reply = Reply::new(shared, &model, prompt_words, request.max_tokens)?;
+    let reply = Reply::new(
+        shared,
+        &model,
+        prompt_words,
+        request.max_tokens,
+        stream.reply.as_deref(),
+    )?;
     let meta = ReplyMeta::new(shared, "cmpl-mock", model);
 
     if !request.stream.unwrap_or(false) {
@@ -437,11 +446,15 @@ impl Reply {
         model: &str,
         prompt_words: u64,
         max_tokens: Option<u64>,
+        text: Option<&str>,
     ) -> Result<Reply, ApiError> {
-        let full = format!(
-            "mock reply from {} to {model}: this deterministic answer arrives in several small pieces",
-            shared.config.name
-        );
+        let full = match text {
+            Some(text) => text.to_string(),
+            None => format!(
+                "mock reply from {} to {model}: this deterministic answer arrives in several small pieces",
+                shared.config.name
+            ),
+        };
         let (text, finish_reason) = match max_tokens {
             Some(0) => {
                 return Err(ApiError::invalid_request("max_tokens must be at least 1")

@@ -20,11 +20,13 @@ mod auth;
 mod governance;
 mod guards;
 mod mcp;
+pub mod response_guards;
 mod routing;
 pub use auth::*;
 pub use governance::*;
 pub use guards::*;
 pub use mcp::*;
+pub use response_guards::ResponseGuardSection;
 pub use routing::*;
 
 /// Where Envoy's admin interface listens unless the config says otherwise.

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod json_object;
 pub mod mcp;
 pub mod openai_api;
+pub mod response_stream;
 pub mod routing;
 pub mod snapshot;
 pub mod sse;

@@ -1,12 +1,17 @@
 //! Request guards over prompts (regex patterns and PII/secret detectors) through the real
 //! Envoy, on both policy paths: a reject is a 400 naming the guard (never the secret), a mask
-//! rewrites the prompt the provider receives, a log-only hit reaches the access log.
+//! rewrites the prompt the provider receives, a log-only hit reaches the access log; and
+//! response guards over JSON replies and SSE streams (a match split across chunks is masked,
+//! a reject ends the stream with an error event).
 
 use gantry_testkit::PolicyPath;
 
 use crate::{assert_openai_error, json_of, on_both_policy_paths, post, TwoProviders};
 
-on_both_policy_paths!(guards_reject_mask_and_log_prompts);
+on_both_policy_paths!(
+    guards_reject_mask_and_log_prompts,
+    response_guards_mask_and_reject_replies_json_and_streamed,
+);
 
 const GUARDS: &str = r#"guards:
   request:
@@ -141,4 +146,101 @@ async fn guards_reject_mask_and_log_prompts(path: PolicyPath) {
         upstream["messages"][1]["content"],
         "reach me at [REDACTED:email]"
     );
+}
+
+const RESPONSE_GUARDS: &str = r#"guards:
+  response:
+    - name: no-ssn-out
+      action: reject
+      detectors: [us_ssn]
+    - name: scrub-cards
+      action: mask
+      detectors: [credit_card]
+"#;
+
+/// The text of a streamed reply, and whether it ended with `[DONE]`.
+fn streamed_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let event: serde_json::Value = serde_json::from_str(data).expect("each event is JSON");
+        if let Some(piece) = event["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+    }
+    (text, body.trim_end().ends_with("data: [DONE]"))
+}
+
+async fn response_guards_mask_and_reject_replies_json_and_streamed(path: PolicyPath) {
+    let t = TwoProviders::start_on(path, RESPONSE_GUARDS).await;
+    let url = t.stack.url("/v1/chat/completions");
+    let ask = |reply: &'static str, stream: bool| {
+        crate::http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-mock-reply", reply)
+            .header("x-mock-chunks", "12")
+            .body(chat(
+                "what is on file?",
+                if stream { r#""stream":true,"# } else { "" },
+            ))
+            .send()
+    };
+    let card = "your card 4111 1111 1111 1111 is on file";
+
+    // JSON: the card masked, the rest of the reply intact, usage still reported.
+    let response = ask(card, false).await.unwrap();
+    assert!(response.headers().contains_key("x-gantry-total-tokens"));
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["choices"][0]["message"]["content"],
+        "your card [REDACTED:credit_card] is on file"
+    );
+    assert_eq!(reply["model"], "alpha-1");
+    t.stack.wait_for_access_log("the masked reply", |e| {
+        e["response_guard_hits"]
+            .as_str()
+            .is_some_and(|h| h.contains("scrub-cards:credit_card:mask"))
+    });
+
+    // Streamed, the card split over the chunks: masked all the same.
+    let body = ask(card, true).await.unwrap().text().await.unwrap();
+    let (text, done) = streamed_text(&body);
+    assert_eq!(
+        text, "your card [REDACTED:credit_card] is on file",
+        "{body}"
+    );
+    assert!(done, "{body}");
+    assert!(!body.contains("4111"), "{body}");
+
+    // JSON: an SSN refuses the whole reply, without echoing it.
+    let ssn = "the number is 123-45-6789, keep it safe";
+    let (status, reply) = json_of(ask(ssn, false).await.unwrap()).await;
+    assert_eq!(status, 502, "{reply}");
+    let message = assert_openai_error(&reply, "response_guard_rejected");
+    assert!(message.contains("'no-ssn-out'"), "{message}");
+    assert!(!reply.to_string().contains("6789"), "{reply}");
+
+    // Streamed: the stream ends with an error event and [DONE], before the SSN.
+    let response = ask(ssn, true).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("\"code\":\"response_guard_rejected\""),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(body.matches("[DONE]").count(), 1, "{body}");
+    assert!(
+        !body.contains("6789") && !body.contains("keep it safe"),
+        "{body}"
+    );
+
+    // An ordinary reply passes as it is.
+    let (status, reply) = json_of(ask("all clear", false).await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["choices"][0]["message"]["content"], "all clear");
 }

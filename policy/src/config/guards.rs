@@ -9,8 +9,29 @@
 //!       action: reject            # reject (default) | mask | log
 //!       detectors: [email, phone, credit_card, us_ssn, iban, secrets]
 //!       patterns: ['(?i)project\s+falcon']
+//!       allow: ['[^@\s]+@example\.com']   # a match these match entirely is not a hit
 //!       # mask_with: "[REDACTED]"  # action: mask only
+//!     - name: no-injection
+//!       detectors: [prompt_injection, high_entropy]
+//!       scopes: [user, tool_results] # default: every scope
+//!       injection_threshold: 0.5  # prompt_injection only; in (0, 1], default 0.5
 //! ```
+//!
+//! - `detectors`: `email`, `phone`, `credit_card`, `us_ssn`, `iban`, `secrets`,
+//!   `high_entropy` (random-looking tokens of 20+ characters: unknown keys, base64 blobs; not
+//!   hex hashes or UUIDs; noisier than `secrets`), `prompt_injection` (heuristic score in
+//!   `[0, 1]` of override, jailbreak, exfiltration and role-marker signals after undoing
+//!   case, spacing, leetspeak, look-alike and invisible-character disguises; a hit at
+//!   `injection_threshold` or above; `action: mask` replaces the signals' spans).
+//! - `scopes`: `system` (system and developer messages), `user` (user messages; all of a
+//!   completions `prompt` and an embeddings `input`), `assistant` (assistant message content),
+//!   `tool_call_arguments` (`tool_calls[].function.arguments`, `tool_calls[].custom.input`,
+//!   legacy `function_call.arguments`; each string of the JSON document), `tool_results`
+//!   (tool and legacy function messages). A message whose role is missing or unknown is in
+//!   every scope.
+//! - `allow`: Rust regexes matched against the text of each match (of any detector or
+//!   pattern of the guard; of each signal for `prompt_injection`), anchored at both ends: a
+//!   match one of them matches *entirely* is ignored.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,7 +39,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{check_name, issue, ConfigIssue};
-use crate::guard::{compile_pattern, Detector, RequestGuard};
+use crate::guard::{compile_allow, compile_pattern, Detector, GuardScope, RequestGuard};
 
 /// Guards over LLM traffic. Only request guards exist so far.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +48,9 @@ pub struct GuardsSection {
     /// Guards over what clients send, applied in order.
     #[serde(default)]
     pub request: Vec<RequestGuardSection>,
+    /// Guards over what providers answer (JSON replies and SSE streams), applied in order.
+    #[serde(default)]
+    pub response: Vec<super::response_guards::ResponseGuardSection>,
 }
 
 /// One request guard: what it looks for and what it does when it finds it.
@@ -37,12 +61,23 @@ pub struct RequestGuardSection {
     pub name: Spanned<String>,
     #[serde(default)]
     pub action: GuardAction,
-    /// Built-in detectors: `email`, `phone`, `credit_card`, `us_ssn`, `iban`, `secrets`.
+    /// Built-in detectors: `email`, `phone`, `credit_card`, `us_ssn`, `iban`, `secrets`,
+    /// `high_entropy`, `prompt_injection`.
     #[serde(default)]
     pub detectors: Vec<Spanned<String>>,
     /// Regexes in Rust `regex` syntax (case-sensitive unless `(?i)`).
     #[serde(default)]
     pub patterns: Vec<Spanned<String>>,
+    /// What the guard scans: `system`, `user`, `assistant`, `tool_call_arguments`,
+    /// `tool_results` (default: all of them).
+    #[serde(default)]
+    pub scopes: Option<Vec<Spanned<String>>>,
+    /// Regexes a match's text must not match entirely for it to be a hit.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// The `prompt_injection` score at which the guard fires, in `(0, 1]` (default 0.5).
+    #[serde(default)]
+    pub injection_threshold: Option<Spanned<f64>>,
     /// What replaces a match with `action: mask` (default `[REDACTED:<detector>]`, or
     /// `[REDACTED:pattern]` for patterns).
     #[serde(default)]
@@ -74,6 +109,7 @@ impl GuardAction {
 
 impl GuardsSection {
     pub(super) fn validate(&self, issues: &mut Vec<ConfigIssue>) {
+        super::response_guards::validate_response_guards(&self.response, "guards.response", issues);
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, guard) in self.request.iter().enumerate() {
             let path = format!("guards.request[{i}]");
@@ -124,6 +160,68 @@ impl GuardsSection {
                         &format!("{path}.patterns[{j}]"),
                         pattern.referenced.line(),
                         message,
+                    ));
+                }
+            }
+            for (j, pattern) in guard.allow.iter().enumerate() {
+                if let Err(message) = compile_allow(&pattern.value) {
+                    issues.push(issue(
+                        &format!("{path}.allow[{j}]"),
+                        pattern.referenced.line(),
+                        message,
+                    ));
+                }
+            }
+            if let Some(scopes) = &guard.scopes {
+                if scopes.is_empty() {
+                    issues.push(issue(
+                        &format!("{path}.scopes"),
+                        name.referenced.line(),
+                        "scans nothing: list scopes, or leave scopes out to scan everything".into(),
+                    ));
+                }
+                let mut seen = HashSet::new();
+                for (j, entry) in scopes.iter().enumerate() {
+                    let entry_path = format!("{path}.scopes[{j}]");
+                    match GuardScope::from_name(&entry.value) {
+                        None => issues.push(issue(
+                            &entry_path,
+                            entry.referenced.line(),
+                            format!(
+                                "unknown scope '{}' (valid scopes: {})",
+                                entry.value,
+                                GuardScope::names()
+                            ),
+                        )),
+                        Some(scope) if !seen.insert(scope) => issues.push(issue(
+                            &entry_path,
+                            entry.referenced.line(),
+                            format!("'{}' is listed twice", entry.value),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            if let Some(threshold) = &guard.injection_threshold {
+                let path = format!("{path}.injection_threshold");
+                let line = threshold.referenced.line();
+                let uses_injection = guard
+                    .detectors
+                    .iter()
+                    .any(|d| Detector::from_name(&d.value) == Some(Detector::PromptInjection));
+                if !uses_injection {
+                    issues.push(issue(
+                        &path,
+                        line,
+                        "applies only with the prompt_injection detector".into(),
+                    ));
+                }
+                let value = threshold.value;
+                if !(value > 0.0 && value <= 1.0) {
+                    issues.push(issue(
+                        &path,
+                        line,
+                        format!("must be more than 0 and at most 1 (got {value})"),
                     ));
                 }
             }
@@ -193,11 +291,33 @@ guards:
     - name: watch
       action: log
       patterns: ['internal-only']
+    - name: no-injection
+      detectors: [prompt_injection, high_entropy]
+      scopes: [user, tool_results, tool_call_arguments]
+      allow: ['[^@\s]+@example\.com', '(?i)developer mode']
+      injection_threshold: 0.7
+    - name: quiet
+      action: log
+      detectors: [prompt_injection]
+      injection_threshold: 1
 ",
         ))
         .expect("valid");
         let guards = parsed.guards.expect("guards");
-        assert_eq!(guards.request.len(), 3);
+        assert_eq!(guards.request.len(), 5);
+        let injection = &guards.request[3];
+        assert_eq!(injection.scopes.as_ref().map(Vec::len), Some(3));
+        assert_eq!(injection.allow.len(), 2);
+        assert_eq!(injection.injection_threshold.as_ref().unwrap().value, 0.7);
+        assert_eq!(
+            guards.request[4]
+                .injection_threshold
+                .as_ref()
+                .unwrap()
+                .value,
+            1.0
+        );
+        assert!(guards.request[0].scopes.is_none());
         assert_eq!(guards.request[0].action, GuardAction::Reject);
         assert_eq!(guards.request[1].action, GuardAction::Mask);
         assert_eq!(guards.request[2].action, GuardAction::Log);
@@ -223,7 +343,7 @@ guards:
 ",
         );
         for needle in [
-            "guards.request[0].detectors[1] (line 11): unknown detector 'ssn' (valid detectors: email, phone, credit_card, us_ssn, iban, secrets)",
+            "guards.request[0].detectors[1] (line 11): unknown detector 'ssn' (valid detectors: email, phone, credit_card, us_ssn, iban, secrets, high_entropy, prompt_injection)",
             "guards.request[0].detectors[2] (line 11): 'email' is listed twice",
             "guards.request[0].patterns[0] (line 12): '(?i)falcon(' is not a valid regex: unclosed group (at character 11)",
             "guards.request[0].patterns[2] (line 12): 'x*' matches the empty string",
@@ -238,12 +358,45 @@ guards:
     }
 
     #[test]
+    fn bad_scopes_allow_lists_and_thresholds_are_reported() {
+        let err = problems(
+            r"  request:
+    - name: a
+      detectors: [email]
+      scopes: [user, prompt, user]
+      allow: ['(', '.*', 'ok@example\.com']
+      injection_threshold: 0.5
+    - name: b
+      detectors: [prompt_injection]
+      scopes: []
+      injection_threshold: 1.5
+    - name: c
+      detectors: [prompt_injection]
+      injection_threshold: 0
+",
+        );
+        for needle in [
+            "guards.request[0].scopes[1] (line 12): unknown scope 'prompt' (valid scopes: system, user, assistant, tool_call_arguments, tool_results)",
+            "guards.request[0].scopes[2] (line 12): 'user' is listed twice",
+            "guards.request[0].allow[0] (line 13): '(' is not a valid regex",
+            "guards.request[0].allow[1] (line 13): '.*' matches the empty string, so it would allow too much",
+            "guards.request[0].injection_threshold (line 14): applies only with the prompt_injection detector",
+            "guards.request[1].scopes (line 15): scans nothing",
+            "guards.request[1].injection_threshold (line 18): must be more than 0 and at most 1 (got 1.5)",
+            "guards.request[2].injection_threshold (line 21): must be more than 0 and at most 1 (got 0)",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+        assert!(!err.contains("allow[2]"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_and_actions_are_syntax_errors() {
-        let err = problems("  request:\n    - { name: a, detectors: [email], scopes: [user] }\n");
-        assert!(err.contains("unknown field `scopes`"), "{err}");
+        let err = problems("  request:\n    - { name: a, detectors: [email], scope: [user] }\n");
+        assert!(err.contains("unknown field `scope`"), "{err}");
         let err = problems("  request:\n    - { name: a, detectors: [email], action: block }\n");
         assert!(err.contains("line 10") && err.contains("block"), "{err}");
-        let err = problems("  response: []\n");
-        assert!(err.contains("unknown field `response`"), "{err}");
+        let err = problems("  responses: []\n");
+        assert!(err.contains("unknown field `responses`"), "{err}");
     }
 }

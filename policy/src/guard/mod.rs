@@ -1,14 +1,22 @@
-//! Request guards: built-in detectors (PII, secrets) and operator regexes run over the prompt
-//! text of LLM requests, which then reject, mask or log what they find.
+//! Request guards: built-in detectors (PII, secrets, high-entropy tokens, prompt-injection
+//! heuristics) and operator regexes run over the prompt text of LLM requests, which then
+//! reject, mask or log what they find.
 //!
 //! Guards are compiled once into the [`Snapshot`](crate::Snapshot) ([`GuardPolicy`]);
 //! [`plan_forward`](crate::plan_forward) runs them, so every adapter gets them for free. Only
-//! prompt text is scanned (see [`prompt`]), each text once per guard: a [`RegexSet`] of all of a
-//! guard's rules says which of them can match at all, and only those are run for positions.
-//! A hit ([`GuardHit`]) records where it was and what it was, never the matched text.
+//! prompt text is scanned (see [`prompt`]), and each guard only the texts in its `scopes`
+//! ([`GuardScope`]). Each text is scanned once per guard: a [`RegexSet`] of all of a guard's
+//! rules says which of them can match at all, and only those are run for positions. A match
+//! whose text an `allow` regex matches entirely is not a hit. `prompt_injection` scores the
+//! text (`injection.rs`; once per text, shared by the guards that use it) and is a hit at the
+//! guard's `injection_threshold`. A hit ([`GuardHit`]) records where it was and what it was,
+//! never the matched text.
 
 mod detectors;
+mod injection;
 mod prompt;
+pub mod response;
+mod scope;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +27,9 @@ use std::sync::Arc;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 pub use detectors::Detector;
+pub use injection::DEFAULT_THRESHOLD as DEFAULT_INJECTION_THRESHOLD;
 pub use prompt::Location;
+pub use scope::{GuardScope, ScopeSet};
 
 use crate::config::{GuardAction, GuardsSection, RequestGuardSection};
 use crate::json_object::RawObject;
@@ -60,7 +70,7 @@ impl fmt::Display for GuardRule {
 }
 
 /// One guard rule that found something in one prompt text. Holds no matched text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GuardHit {
     /// The guard's `name`.
     pub guard: Arc<str>,
@@ -69,27 +79,57 @@ pub struct GuardHit {
     pub location: String,
     /// What the guard did about it.
     pub action: GuardAction,
-    /// How many separate matches the rule had there.
+    /// How many separate matches the rule had there (for `prompt_injection`: signals).
     pub matches: usize,
+    /// The `prompt_injection` score, in `[0, 1]`; `None` for other rules.
+    pub score: Option<f32>,
+}
+
+/// Scores are never NaN, so equality is total.
+impl Eq for GuardHit {}
+
+impl GuardHit {
+    /// A hit without a score.
+    pub fn new(
+        guard: Arc<str>,
+        rule: GuardRule,
+        location: String,
+        action: GuardAction,
+        matches: usize,
+    ) -> GuardHit {
+        GuardHit {
+            guard,
+            rule,
+            location,
+            action,
+            matches,
+            score: None,
+        }
+    }
 }
 
 impl fmt::Display for GuardHit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "guard '{}': {} in {} ({}, {} match{})",
+            "guard '{}': {} in {} ({}, {} match{}",
             self.guard,
             self.rule,
             self.location,
             self.action.as_str(),
             self.matches,
             if self.matches == 1 { "" } else { "es" }
-        )
+        )?;
+        if let Some(score) = self.score {
+            write!(f, ", score {score:.2}")?;
+        }
+        f.write_str(")")
     }
 }
 
 /// The hits of one request as one line for dynamic metadata and the access log:
-/// `<guard>:<rule>:<action>@<location>`, comma-separated (never the matched text).
+/// `<guard>:<rule>:<action>@<location>`, comma-separated (never the matched text); a hit with
+/// a score (`prompt_injection`) ends in `:<score>` with two decimals.
 pub fn hits_summary(hits: &[GuardHit]) -> String {
     let mut out = String::new();
     for (i, hit) in hits.iter().enumerate() {
@@ -103,6 +143,9 @@ pub fn hits_summary(hits: &[GuardHit]) -> String {
             hit.action.as_str(),
             hit.location
         ));
+        if let Some(score) = hit.score {
+            out.push_str(&format!(":{score:.2}"));
+        }
     }
     out
 }
@@ -146,6 +189,23 @@ pub(crate) fn compile_pattern(pattern: &str) -> Result<Regex, String> {
         ));
     }
     Ok(regex)
+}
+
+/// Compiles one of a guard's `allow` regexes: it must match a hit's text entirely, so it is
+/// anchored at both ends. The error is a message for the config issue at the regex's path.
+pub(crate) fn compile_allow(pattern: &str) -> Result<Regex, String> {
+    // Checked as written, so that errors point into what the operator wrote.
+    let plain = compile_pattern(pattern).map_err(|message| {
+        if message.ends_with("so it would match every prompt") {
+            format!("'{pattern}' matches the empty string, so it would allow too much")
+        } else {
+            message
+        }
+    })?;
+    drop(plain);
+    RegexBuilder::new(&format!(r"\A(?:{pattern})\z"))
+        .build()
+        .map_err(|e| format!("'{pattern}' is not a valid regex: {e}"))
 }
 
 /// The regex crate's syntax errors span several lines (the pattern, a caret line, the
@@ -214,23 +274,44 @@ impl Rule {
     }
 }
 
+/// A guard's `prompt_injection` rule.
+struct InjectionRule {
+    engine: &'static injection::Engine,
+    threshold: f32,
+    mask: Arc<str>,
+}
+
 /// One compiled request guard.
 pub struct RequestGuard {
     name: Arc<str>,
     action: GuardAction,
+    /// What it scans.
+    scopes: ScopeSet,
     rules: Vec<Rule>,
     /// Every rule's regex, to learn in one pass which rules can match a text at all.
     set: RegexSet,
+    /// The `allow` regexes, anchored: a match whose text one of them matches is not a hit.
+    allow: Option<RegexSet>,
+    injection: Option<InjectionRule>,
 }
 
 impl fmt::Debug for RequestGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rules: Vec<String> = self.rules.iter().map(|r| r.label.to_string()).collect();
         rules.dedup();
+        if self.injection.is_some() {
+            rules.push(Detector::PromptInjection.to_string());
+        }
         f.debug_struct("RequestGuard")
             .field("name", &self.name)
             .field("action", &self.action)
+            .field("scopes", &self.scopes)
             .field("rules", &rules)
+            .field("allow", &self.allow.as_ref().map_or(0, RegexSet::len))
+            .field(
+                "injection_threshold",
+                &self.injection.as_ref().map(|i| i.threshold),
+            )
             .finish()
     }
 }
@@ -251,6 +332,7 @@ impl RequestGuard {
         let mut rules = Vec::new();
         let mut sources: Vec<&str> = Vec::new();
         let mut seen = Vec::new();
+        let mut injection = None;
         for entry in &section.detectors {
             let detector = Detector::from_name(&entry.value).ok_or_else(|| {
                 error(format!(
@@ -265,6 +347,23 @@ impl RequestGuard {
             seen.push(detector);
             let label = GuardRule::Detector(detector);
             let mask = mask_for(label);
+            if detector == Detector::PromptInjection {
+                let engine = injection::engine().map_err(|e| {
+                    error(format!(
+                        "the prompt_injection heuristics do not compile: {e}"
+                    ))
+                })?;
+                let threshold = section
+                    .injection_threshold
+                    .as_ref()
+                    .map_or(DEFAULT_INJECTION_THRESHOLD, |t| t.value as f32);
+                injection = Some(InjectionRule {
+                    engine,
+                    threshold,
+                    mask,
+                });
+                continue;
+            }
             for rule in detector.rules() {
                 let regex = Regex::new(rule.pattern).map_err(|e| error(e.to_string()))?;
                 sources.push(rule.pattern);
@@ -288,7 +387,7 @@ impl RequestGuard {
                 mask: mask_for(label),
             });
         }
-        if rules.is_empty() {
+        if rules.is_empty() && injection.is_none() {
             return Err(error("detects nothing".into()));
         }
         let set = RegexSetBuilder::new(sources).build().map_err(|e| {
@@ -296,11 +395,49 @@ impl RequestGuard {
                 "its detectors and patterns together are too large to compile: {e}"
             ))
         })?;
+        let mut anchored = Vec::new();
+        for (index, pattern) in section.allow.iter().enumerate() {
+            let regex = compile_allow(&pattern.value)
+                .map_err(|message| error(format!("allow[{index}]: {message}")))?;
+            anchored.push(regex.as_str().to_string());
+        }
+        let allow = if anchored.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSetBuilder::new(anchored)
+                    .build()
+                    .map_err(|e| error(format!("its allow list is too large to compile: {e}")))?,
+            )
+        };
+        let scopes = match &section.scopes {
+            None => ScopeSet::ALL,
+            Some(names) => {
+                let mut scopes = ScopeSet::NONE;
+                for entry in names {
+                    let scope = GuardScope::from_name(&entry.value).ok_or_else(|| {
+                        error(format!(
+                            "unknown scope '{}' (valid scopes: {})",
+                            entry.value,
+                            GuardScope::names()
+                        ))
+                    })?;
+                    scopes = scopes.with(scope);
+                }
+                if scopes.is_empty() {
+                    return Err(error("scans nothing: its scopes are empty".into()));
+                }
+                scopes
+            }
+        };
         Ok(RequestGuard {
             name: Arc::from(name),
             action: section.action,
+            scopes,
             rules,
             set,
+            allow,
+            injection,
         })
     }
 
@@ -312,7 +449,24 @@ impl RequestGuard {
         self.action
     }
 
-    /// Every hit of this guard in `text`, as (rule index, byte range).
+    /// What this guard scans.
+    pub fn scopes(&self) -> ScopeSet {
+        self.scopes
+    }
+
+    /// The `prompt_injection` threshold, when the guard uses that detector.
+    pub fn injection_threshold(&self) -> Option<f32> {
+        self.injection.as_ref().map(|i| i.threshold)
+    }
+
+    /// Whether `allow` lets `text[range]` through.
+    fn allowed(&self, text: &str, range: &Range<usize>) -> bool {
+        self.allow
+            .as_ref()
+            .is_some_and(|allow| allow.is_match(&text[range.clone()]))
+    }
+
+    /// Every hit of this guard's regex rules in `text`, as (rule index, byte range).
     fn scan(&self, text: &str, found: &mut Vec<(usize, Range<usize>)>) {
         let candidates = self.set.matches(text);
         if !candidates.matched_any() {
@@ -322,7 +476,12 @@ impl RequestGuard {
         for index in candidates.iter() {
             ranges.clear();
             self.rules[index].find_all(text, &mut ranges);
-            found.extend(ranges.drain(..).map(|range| (index, range)));
+            found.extend(
+                ranges
+                    .drain(..)
+                    .filter(|range| !self.allowed(text, range))
+                    .map(|range| (index, range)),
+            );
         }
     }
 }
@@ -331,6 +490,10 @@ impl RequestGuard {
 #[derive(Debug, Default)]
 pub struct GuardPolicy {
     request: Vec<RequestGuard>,
+    /// Guards over providers' replies.
+    response: response::ResponseGuards,
+    /// Every scope some request guard scans.
+    scopes: ScopeSet,
     /// Set when the section could not be compiled: guarded requests are then refused rather
     /// than forwarded unchecked.
     unavailable: Option<String>,
@@ -338,13 +501,18 @@ pub struct GuardPolicy {
 
 impl GuardPolicy {
     pub fn compile(section: &GuardsSection) -> Result<GuardPolicy, GuardError> {
-        let request = section
+        let request: Vec<RequestGuard> = section
             .request
             .iter()
             .map(RequestGuard::compile)
             .collect::<Result<_, _>>()?;
+        let scopes = request
+            .iter()
+            .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes));
         Ok(GuardPolicy {
             request,
+            response: response::ResponseGuards::compile(&section.response)?,
+            scopes,
             unavailable: None,
         })
     }
@@ -353,8 +521,15 @@ impl GuardPolicy {
     pub fn refusing(reason: String) -> GuardPolicy {
         GuardPolicy {
             request: Vec::new(),
+            response: response::ResponseGuards::default(),
+            scopes: ScopeSet::NONE,
             unavailable: Some(reason),
         }
+    }
+
+    /// The guards over providers' replies (empty without `guards.response`).
+    pub fn response_guards(&self) -> &response::ResponseGuards {
+        &self.response
     }
 
     /// Whether requests need [`GuardPolicy::check_request`] at all.
@@ -368,9 +543,10 @@ impl GuardPolicy {
     }
 
     /// Runs the request guards over the prompt text of `body` (an `api` request), in config
-    /// order. A rejecting hit anywhere refuses the request; masks of every guard are applied
-    /// together (overlapping matches merge into one mask) and the changed prompt field is set
-    /// back into `body`; other fields are left as the client sent them.
+    /// order, each over the texts in its scopes. A rejecting hit anywhere refuses the request;
+    /// masks of every guard are applied together (overlapping matches merge into one mask) and
+    /// the changed prompt field is set back into `body`; other fields are left as the client
+    /// sent them.
     pub fn check_request(&self, api: LlmApi, body: &mut RawObject) -> GuardVerdict {
         if let Some(reason) = &self.unavailable {
             tracing::error!(%reason, "request guards are unavailable; request refused");
@@ -390,8 +566,15 @@ impl GuardPolicy {
             hits: Vec::new(),
             rejected: None,
             found: Vec::new(),
+            location: None,
+            location_hits: 0,
         };
-        let read = prompt::visit(body, api, &mut |location, text| scan.text(location, text));
+        let read = prompt::visit(body, api, self.scopes, &mut |location, scope, text| {
+            scan.text(location, scope, text)
+        });
+        for hit in &scan.hits {
+            log_hit(hit);
+        }
         if let Err(error) = read {
             let field = prompt::field(api);
             tracing::info!(field, %error, "request guards cannot read the prompt; request refused");
@@ -407,8 +590,8 @@ impl GuardPolicy {
             };
         }
         match scan.rejected {
-            Some(hit) => GuardVerdict::Reject {
-                reply: rejection(&hit),
+            Some(index) => GuardVerdict::Reject {
+                reply: rejection(&scan.hits[index]),
                 hits: scan.hits,
             },
             None => GuardVerdict::Forward { hits: scan.hits },
@@ -416,6 +599,20 @@ impl GuardPolicy {
     }
 }
 
+fn log_hit(hit: &GuardHit) {
+    tracing::info!(
+        guard = %hit.guard,
+        rule = %hit.rule,
+        location = %hit.location,
+        action = hit.action.as_str(),
+        matches = hit.matches,
+        score = hit.score,
+        "request guard hit"
+    );
+}
+
+/// The reply to a refused request. It names the guard, the rule and where, never the text;
+/// nor a `prompt_injection` score, which would tell a client how close to the threshold it is.
 fn rejection(hit: &GuardHit) -> LocalReply {
     let what = match hit.rule {
         GuardRule::Detector(detector) => format!("{detector} found"),
@@ -437,21 +634,31 @@ fn rejection(hit: &GuardHit) -> LocalReply {
 struct Scan<'g> {
     guards: &'g [RequestGuard],
     hits: Vec<GuardHit>,
-    rejected: Option<GuardHit>,
+    /// The index in `hits` of the hit that refused the request.
+    rejected: Option<usize>,
     /// Scratch: one guard's hits in the current text.
     found: Vec<(usize, Range<usize>)>,
+    /// The location of the last text, and where its hits start in `hits`: the strings of one
+    /// tool call's arguments share a location, and their hits are counted together.
+    location: Option<Location>,
+    location_hits: usize,
 }
 
 impl Scan<'_> {
-    fn text(&mut self, location: Location, text: &str) -> Visit {
+    fn text(&mut self, location: Location, scope: ScopeSet, text: &str) -> Visit {
+        if self.location != Some(location) {
+            self.location = Some(location);
+            self.location_hits = self.hits.len();
+        }
         let mut masks: Vec<(Range<usize>, &Arc<str>)> = Vec::new();
-        let mut location_text: Option<String> = None;
+        // Shared by every guard with `prompt_injection` (they share the heuristics).
+        let mut analysis: Option<injection::Analysis> = None;
         for guard in self.guards {
-            self.found.clear();
-            guard.scan(text, &mut self.found);
-            if self.found.is_empty() {
+            if !guard.scopes.intersects(scope) {
                 continue;
             }
+            self.found.clear();
+            guard.scan(text, &mut self.found);
             // Rules of one detector are adjacent: group the hits by label, in rule order.
             self.found
                 .sort_by_key(|(index, range)| (*index, range.start));
@@ -467,28 +674,33 @@ impl Scan<'_> {
                     ranges.push(range.clone());
                     i += 1;
                 }
-                let hit = GuardHit {
-                    guard: guard.name.clone(),
-                    rule: label,
-                    location: location_text
-                        .get_or_insert_with(|| location.to_string())
-                        .clone(),
-                    action: guard.action,
-                    matches: merge(&mut ranges).len(),
-                };
-                tracing::info!(
-                    guard = %hit.guard,
-                    rule = %hit.rule,
-                    location = %hit.location,
-                    action = hit.action.as_str(),
-                    matches = hit.matches,
-                    "request guard hit"
-                );
-                self.hits.push(hit.clone());
-                if guard.action == GuardAction::Reject {
-                    self.rejected = Some(hit);
+                let matches = merge(&mut ranges).len();
+                if self.record(guard, label, location, matches, None) {
                     return Visit::Stop;
                 }
+            }
+            let Some(rule) = &guard.injection else {
+                continue;
+            };
+            let analysis = analysis.get_or_insert_with(|| rule.engine.analyse(text));
+            let keep = |signal: &injection::Signal| !guard.allowed(text, &signal.span);
+            let score = analysis.score(keep);
+            if score < rule.threshold {
+                continue;
+            }
+            let mut ranges: Vec<Range<usize>> = analysis
+                .signals
+                .iter()
+                .filter(|s| keep(s) && !s.span.is_empty())
+                .map(|s| s.span.clone())
+                .collect();
+            let matches = merge(&mut ranges).len();
+            if guard.action == GuardAction::Mask {
+                masks.extend(ranges.iter().map(|range| (range.clone(), &rule.mask)));
+            }
+            let label = GuardRule::Detector(Detector::PromptInjection);
+            if self.record(guard, label, location, matches, Some(score)) {
+                return Visit::Stop;
             }
         }
         if masks.is_empty() {
@@ -496,6 +708,49 @@ impl Scan<'_> {
         } else {
             Visit::Replace(apply_masks(text, masks))
         }
+    }
+
+    /// Records a hit (adding to an earlier one of the same guard and rule at the same
+    /// location); true when it refuses the request.
+    fn record(
+        &mut self,
+        guard: &RequestGuard,
+        rule: GuardRule,
+        location: Location,
+        matches: usize,
+        score: Option<f32>,
+    ) -> bool {
+        let earlier = self.hits[self.location_hits..]
+            .iter()
+            .position(|h| Arc::ptr_eq(&h.guard, &guard.name) && h.rule == rule)
+            .map(|i| self.location_hits + i);
+        let index = match earlier {
+            Some(index) => {
+                let hit = &mut self.hits[index];
+                hit.matches += matches;
+                hit.score = match (hit.score, score) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                index
+            }
+            None => {
+                self.hits.push(GuardHit {
+                    guard: guard.name.clone(),
+                    rule,
+                    location: location.to_string(),
+                    action: guard.action,
+                    matches,
+                    score,
+                });
+                self.hits.len() - 1
+            }
+        };
+        if guard.action == GuardAction::Reject {
+            self.rejected = Some(index);
+            return true;
+        }
+        false
     }
 }
 
