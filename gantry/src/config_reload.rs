@@ -38,11 +38,7 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The running config and where Envoy reads its listeners and clusters.
 pub struct Reloader {
-    path: PathBuf,
-    /// The file as last seen (changed contents trigger a reload).
-    last_text: String,
-    current: ConfigFile,
-    current_json: Value,
+    config: WatchedConfig,
     /// `Some` in module mode: where the library is.
     module_library: Option<PathBuf>,
     xds_dir: PathBuf,
@@ -52,6 +48,68 @@ pub struct Reloader {
     clusters: Value,
     /// The snapshot ext_proc and ext_authz serve from (ext_proc mode only).
     shared: Option<Arc<ArcSwap<Snapshot>>>,
+}
+
+/// The config file as last seen and the config now applied; both reloaders share it.
+struct WatchedConfig {
+    path: PathBuf,
+    /// The file as last seen (changed contents trigger a reload).
+    last_text: String,
+    current: ConfigFile,
+    /// `current` as JSON, to compare the fields that need a restart.
+    current_json: Value,
+}
+
+/// A changed, valid config that needs no restart, not applied yet.
+struct Candidate {
+    config: ConfigFile,
+    json: Value,
+    text: String,
+}
+
+impl WatchedConfig {
+    fn new(path: PathBuf, text: String, current: ConfigFile) -> anyhow::Result<WatchedConfig> {
+        Ok(WatchedConfig {
+            current_json: serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?,
+            last_text: text,
+            path,
+            current,
+        })
+    }
+
+    fn file_changed(&self) -> bool {
+        std::fs::read_to_string(&self.path).is_ok_and(|text| text != self.last_text)
+    }
+
+    /// Re-reads the file: `None` when unchanged; an error names what is wrong with it.
+    fn next(&mut self) -> anyhow::Result<Option<Candidate>> {
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        if text == self.last_text {
+            return Ok(None);
+        }
+        // Seen, valid or not: an invalid file is reported once, not on every poll.
+        self.last_text = text.clone();
+        let config = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let json: Value = serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?;
+        restart_only_change(&self.current, &self.current_json, &config, &json)?;
+        Ok(Some(Candidate { config, json, text }))
+    }
+
+    fn accept(&mut self, candidate: Candidate) {
+        self.current = candidate.config;
+        self.current_json = candidate.json;
+    }
+}
+
+/// Compiles a snapshot on a blocking thread (off the runtime's request-serving threads).
+async fn compile_snapshot(config: &ConfigFile) -> anyhow::Result<Snapshot> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        Snapshot::compile(&config, &|name| std::env::var(name).ok())
+    })
+    .await
+    .context("compiling the new snapshot")
 }
 
 /// The mode's filter description for a config text.
@@ -101,11 +159,8 @@ impl Reloader {
             FilterMode::Module(module) => module.library.clone(),
         };
         let reloader = Reloader {
-            path,
-            current_json: serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?,
-            last_text: text,
             admin: config.admin_addr(),
-            current: config,
+            config: WatchedConfig::new(path, text, config)?,
             module_library,
             xds_dir,
             version: 1,
@@ -118,37 +173,20 @@ impl Reloader {
 
     /// Whether the file's contents differ from what was last seen.
     pub fn file_changed(&self) -> bool {
-        std::fs::read_to_string(&self.path).is_ok_and(|text| text != self.last_text)
+        self.config.file_changed()
     }
 
     /// Re-reads the file and applies it. `Ok(false)`: nothing changed.
     pub async fn reload(&mut self) -> anyhow::Result<bool> {
-        let text = std::fs::read_to_string(&self.path)
-            .with_context(|| format!("cannot read {}", self.path.display()))?;
-        if text == self.last_text {
+        let Some(next) = self.config.next()? else {
             return Ok(false);
-        }
-        // Seen, valid or not: an invalid file is reported once, not on every poll.
-        self.last_text = text.clone();
-        let next = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let next_json: Value = serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?;
-        self.refuse_restart_only_changes(&next, &next_json)?;
-
-        let mode = filter_mode(&self.module_library, &text)?;
-        let transition = envoy_bootstrap::transition_config(&next, &self.current);
+        };
+        let mode = filter_mode(&self.module_library, &next.text)?;
+        let transition = envoy_bootstrap::transition_config(&next.config, &self.config.current);
         let version = self.version + 1;
         let rendered = envoy_bootstrap::render_dynamic(&transition, &mode, &self.xds_dir, version)?;
         let snapshot = match &self.shared {
-            Some(_) => {
-                let next = next.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || {
-                        Snapshot::compile(&next, &|name| std::env::var(name).ok())
-                    })
-                    .await
-                    .context("compiling the new snapshot")?,
-                )
-            }
+            Some(_) => Some(compile_snapshot(&next.config).await?),
             None => None,
         };
         if !same_resources(&rendered.clusters, &self.clusters) {
@@ -168,14 +206,14 @@ impl Reloader {
             shared.store(Arc::new(snapshot));
         }
         self.version = version;
-        self.current = next;
-        self.current_json = next_json;
+        self.config.accept(next);
         Ok(true)
     }
 
     /// The models clients may use under the current config.
     pub fn models(&self) -> Vec<String> {
         let mut names: Vec<String> = self
+            .config
             .current
             .models
             .iter()
@@ -186,15 +224,11 @@ impl Reloader {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.config.path
     }
 
     pub fn version(&self) -> u64 {
         self.version
-    }
-
-    fn refuse_restart_only_changes(&self, next: &ConfigFile, json: &Value) -> anyhow::Result<()> {
-        restart_only_change(&self.current, &self.current_json, next, json)
     }
 
     /// A counter from Envoy's admin `/stats`, 0 when unreadable.
@@ -285,13 +319,9 @@ pub fn restart_only_change(
     Ok(())
 }
 
-/// Reloads for `gantry serve`: only the snapshot (Envoy is someone else's). Keeps the last
-/// text seen, so an invalid file is reported once.
+/// Reloads for `gantry serve`: only the snapshot (Envoy is someone else's).
 pub struct SnapshotReloader {
-    path: PathBuf,
-    last_text: String,
-    current: ConfigFile,
-    current_json: Value,
+    config: WatchedConfig,
     shared: Arc<ArcSwap<Snapshot>>,
 }
 
@@ -304,42 +334,27 @@ impl SnapshotReloader {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(SnapshotReloader {
-            current_json: serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?,
-            last_text: text,
-            path,
-            current: config,
+            config: WatchedConfig::new(path, text, config)?,
             shared,
         })
     }
 
     pub fn file_changed(&self) -> bool {
-        std::fs::read_to_string(&self.path).is_ok_and(|text| text != self.last_text)
+        self.config.file_changed()
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.config.path
     }
 
     /// Re-reads the file and swaps the snapshot. `Ok(false)`: nothing changed.
     pub async fn reload(&mut self) -> anyhow::Result<bool> {
-        let text = std::fs::read_to_string(&self.path)
-            .with_context(|| format!("cannot read {}", self.path.display()))?;
-        if text == self.last_text {
+        let Some(next) = self.config.next()? else {
             return Ok(false);
-        }
-        self.last_text = text.clone();
-        let next = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let next_json: Value = serde_json::from_str(&envoy_bootstrap::config_as_json(&text)?)?;
-        restart_only_change(&self.current, &self.current_json, &next, &next_json)?;
-        let compiled = next.clone();
-        let snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::compile(&compiled, &|name| std::env::var(name).ok())
-        })
-        .await
-        .context("compiling the new snapshot")?;
+        };
+        let snapshot = compile_snapshot(&next.config).await?;
         self.shared.store(Arc::new(snapshot));
-        self.current = next;
-        self.current_json = next_json;
+        self.config.accept(next);
         Ok(true)
     }
 }

@@ -321,6 +321,43 @@ async fn a_panic_in_the_module_fails_one_request_and_envoy_keeps_serving() {
         logs.contains("gantry module: request_headers panicked"),
         "the panic was not logged:\n{logs}"
     );
+    drop(stack);
+
+    // failure_mode: open lets the failed request go on unprocessed: nothing routed it, so
+    // Envoy's catch-all answers, saying the module did not process it.
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{}  failure_mode: open\nproviders:\n  - {{ name: alpha, kind: openai, endpoint: '{}' }}\nmodels:\n  - {{ name: m-alpha, provider: alpha, model: alpha-1 }}\n",
+        ports.config_head(),
+        mock.base_url()
+    );
+    let stack = start_stack_on(
+        PolicyPath::Module,
+        ports,
+        yaml,
+        vec![("GANTRY_MODULE_FAULT_HEADER", "x-gantry-test-fault")],
+    )
+    .await;
+    let response = http()
+        .post(stack.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-gantry-test-fault", "1")
+        .body(body)
+        .send()
+        .await
+        .expect("Envoy answers");
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 503, "{reply}");
+    let message = assert_openai_error(&reply, "gantry_unavailable");
+    assert!(
+        message.contains("dynamic module did not process it"),
+        "{message}"
+    );
+    assert_eq!(
+        mock.recorded().len(),
+        3,
+        "an unrouted request reached the provider"
+    );
 }
 
 /// A hand-written bootstrap with a config the module cannot serve (or cannot parse) fails to

@@ -115,54 +115,20 @@ impl GuardsSection {
             let path = format!("guards.request[{i}]");
             let before = issues.len();
             let name = &guard.name;
-            check_name(name, &format!("{path}.name"), issues);
-            if let Some(first) = names.insert(name.value.as_str(), i) {
-                issues.push(issue(
-                    &format!("{path}.name"),
-                    name.referenced.line(),
-                    format!(
-                        "duplicate guard name '{}' (first declared at guards.request[{first}])",
-                        name.value
-                    ),
-                ));
-            }
-            if guard.detectors.is_empty() && guard.patterns.is_empty() {
-                issues.push(issue(
-                    &path,
-                    name.referenced.line(),
-                    "detects nothing: list detectors, patterns, or both".into(),
-                ));
-            }
-            let mut seen = HashSet::new();
-            for (j, entry) in guard.detectors.iter().enumerate() {
-                let entry_path = format!("{path}.detectors[{j}]");
-                match Detector::from_name(&entry.value) {
-                    None => issues.push(issue(
-                        &entry_path,
-                        entry.referenced.line(),
-                        format!(
-                            "unknown detector '{}' (valid detectors: {})",
-                            entry.value,
-                            Detector::names()
-                        ),
-                    )),
-                    Some(detector) if !seen.insert(detector) => issues.push(issue(
-                        &entry_path,
-                        entry.referenced.line(),
-                        format!("'{}' is listed twice", entry.value),
-                    )),
-                    Some(_) => {}
-                }
-            }
-            for (j, pattern) in guard.patterns.iter().enumerate() {
-                if let Err(message) = compile_pattern(&pattern.value) {
-                    issues.push(issue(
-                        &format!("{path}.patterns[{j}]"),
-                        pattern.referenced.line(),
-                        message,
-                    ));
-                }
-            }
+            validate_guard_parts(
+                &GuardParts {
+                    list: "guards.request",
+                    index: i,
+                    name,
+                    action: guard.action,
+                    detectors: &guard.detectors,
+                    patterns: &guard.patterns,
+                    mask_with: guard.mask_with.as_ref(),
+                },
+                &mut names,
+                &|_| None,
+                issues,
+            );
             for (j, pattern) in guard.allow.iter().enumerate() {
                 if let Err(message) = compile_allow(&pattern.value) {
                     issues.push(issue(
@@ -225,24 +191,102 @@ impl GuardsSection {
                     ));
                 }
             }
-            if let Some(mask) = &guard.mask_with {
-                if guard.action != GuardAction::Mask {
-                    issues.push(issue(
-                        &format!("{path}.mask_with"),
-                        mask.referenced.line(),
-                        format!(
-                            "applies only to action: mask (this guard's action is {})",
-                            guard.action.as_str()
-                        ),
-                    ));
-                }
-            }
             // What the snapshot will compile must compile: the parts together, too.
             if issues.len() == before {
                 if let Err(e) = RequestGuard::compile(guard) {
                     issues.push(issue(&path, name.referenced.line(), e.to_string()));
                 }
             }
+        }
+    }
+}
+
+/// The parts every guard has (request and response guards alike), for [`validate_guard_parts`].
+pub(super) struct GuardParts<'a> {
+    /// The list's path, e.g. `guards.request`.
+    pub list: &'a str,
+    pub index: usize,
+    pub name: &'a Spanned<String>,
+    pub action: GuardAction,
+    pub detectors: &'a [Spanned<String>],
+    pub patterns: &'a [Spanned<String>],
+    pub mask_with: Option<&'a Spanned<String>>,
+}
+
+/// Checks a guard's common parts: a valid name unique in its list (`names`), at least one
+/// detector or pattern, known detectors listed once (`refuse` says why a detector cannot be
+/// used in this list), valid regexes, and `mask_with` only with `action: mask`.
+pub(super) fn validate_guard_parts<'a>(
+    guard: &GuardParts<'a>,
+    names: &mut HashMap<&'a str, usize>,
+    refuse: &dyn Fn(Detector) -> Option<&'static str>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let (list, i, name) = (guard.list, guard.index, guard.name);
+    let path = format!("{list}[{i}]");
+    check_name(name, &format!("{path}.name"), issues);
+    if let Some(first) = names.insert(name.value.as_str(), i) {
+        issues.push(issue(
+            &format!("{path}.name"),
+            name.referenced.line(),
+            format!(
+                "duplicate guard name '{}' (first declared at {list}[{first}])",
+                name.value
+            ),
+        ));
+    }
+    if guard.detectors.is_empty() && guard.patterns.is_empty() {
+        issues.push(issue(
+            &path,
+            name.referenced.line(),
+            "detects nothing: list detectors, patterns, or both".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (j, entry) in guard.detectors.iter().enumerate() {
+        let entry_path = format!("{path}.detectors[{j}]");
+        match Detector::from_name(&entry.value) {
+            None => issues.push(issue(
+                &entry_path,
+                entry.referenced.line(),
+                format!(
+                    "unknown detector '{}' (valid detectors: {})",
+                    entry.value,
+                    Detector::names()
+                ),
+            )),
+            Some(detector) => {
+                if let Some(reason) = refuse(detector) {
+                    issues.push(issue(&entry_path, entry.referenced.line(), reason.into()));
+                } else if !seen.insert(detector) {
+                    issues.push(issue(
+                        &entry_path,
+                        entry.referenced.line(),
+                        format!("'{}' is listed twice", entry.value),
+                    ));
+                }
+            }
+        }
+    }
+    for (j, pattern) in guard.patterns.iter().enumerate() {
+        if let Err(message) = compile_pattern(&pattern.value) {
+            issues.push(issue(
+                &format!("{path}.patterns[{j}]"),
+                pattern.referenced.line(),
+                message,
+            ));
+        }
+    }
+    if let Some(mask) = guard.mask_with {
+        if guard.action != GuardAction::Mask {
+            issues.push(issue(
+                &format!("{path}.mask_with"),
+                mask.referenced.line(),
+                format!(
+                    "applies only to action: mask (this guard's action is {})",
+                    guard.action.as_str()
+                ),
+            ));
         }
     }
 }

@@ -13,14 +13,14 @@
 //!
 //! Validation is [`validate_response_guards`]; [`ResponseGuards`] compiles the list.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{check_name, issue, ConfigIssue, GuardAction};
+use super::guards::{validate_guard_parts, GuardParts};
+use super::{issue, ConfigIssue, GuardAction};
 use crate::guard::response::{unavailable_for_responses, ResponseGuards};
-use crate::guard::{compile_pattern, Detector};
 
 /// One response guard: what it looks for in the provider's answer and what it does when it
 /// finds it.
@@ -62,75 +62,20 @@ pub fn validate_response_guards(
         let path = format!("{list}[{i}]");
         let before = issues.len();
         let name = &guard.name;
-        check_name(name, &format!("{path}.name"), issues);
-        if let Some(first) = names.insert(name.value.as_str(), i) {
-            issues.push(issue(
-                &format!("{path}.name"),
-                name.referenced.line(),
-                format!(
-                    "duplicate guard name '{}' (first declared at {list}[{first}])",
-                    name.value
-                ),
-            ));
-        }
-        if guard.detectors.is_empty() && guard.patterns.is_empty() {
-            issues.push(issue(
-                &path,
-                name.referenced.line(),
-                "detects nothing: list detectors, patterns, or both".into(),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (j, entry) in guard.detectors.iter().enumerate() {
-            let entry_path = format!("{path}.detectors[{j}]");
-            match Detector::from_name(&entry.value) {
-                None => issues.push(issue(
-                    &entry_path,
-                    entry.referenced.line(),
-                    format!(
-                        "unknown detector '{}' (valid detectors: {})",
-                        entry.value,
-                        Detector::names()
-                    ),
-                )),
-                Some(detector) if unavailable_for_responses(detector).is_some() => {
-                    issues.push(issue(
-                        &entry_path,
-                        entry.referenced.line(),
-                        unavailable_for_responses(detector)
-                            .unwrap_or_default()
-                            .to_string(),
-                    ))
-                }
-                Some(detector) if !seen.insert(detector) => issues.push(issue(
-                    &entry_path,
-                    entry.referenced.line(),
-                    format!("'{}' is listed twice", entry.value),
-                )),
-                Some(_) => {}
-            }
-        }
-        for (j, pattern) in guard.patterns.iter().enumerate() {
-            if let Err(message) = compile_pattern(&pattern.value) {
-                issues.push(issue(
-                    &format!("{path}.patterns[{j}]"),
-                    pattern.referenced.line(),
-                    message,
-                ));
-            }
-        }
-        if let Some(mask) = &guard.mask_with {
-            if guard.action != GuardAction::Mask {
-                issues.push(issue(
-                    &format!("{path}.mask_with"),
-                    mask.referenced.line(),
-                    format!(
-                        "applies only to action: mask (this guard's action is {})",
-                        guard.action.as_str()
-                    ),
-                ));
-            }
-        }
+        validate_guard_parts(
+            &GuardParts {
+                list,
+                index: i,
+                name,
+                action: guard.action,
+                detectors: &guard.detectors,
+                patterns: &guard.patterns,
+                mask_with: guard.mask_with.as_ref(),
+            },
+            &mut names,
+            &unavailable_for_responses,
+            issues,
+        );
         // What the snapshot will compile must compile: the parts together, too.
         if issues.len() == before {
             if let Err(e) = ResponseGuards::compile(std::slice::from_ref(guard)) {

@@ -331,20 +331,8 @@ impl RequestGuard {
         };
         let mut rules = Vec::new();
         let mut sources: Vec<&str> = Vec::new();
-        let mut seen = Vec::new();
         let mut injection = None;
-        for entry in &section.detectors {
-            let detector = Detector::from_name(&entry.value).ok_or_else(|| {
-                error(format!(
-                    "unknown detector '{}' (valid detectors: {})",
-                    entry.value,
-                    Detector::names()
-                ))
-            })?;
-            if seen.contains(&detector) {
-                continue;
-            }
-            seen.push(detector);
+        for detector in distinct_detectors(&section.detectors).map_err(error)? {
             let label = GuardRule::Detector(detector);
             let mask = mask_for(label);
             if detector == Detector::PromptInjection {
@@ -484,6 +472,26 @@ impl RequestGuard {
             );
         }
     }
+}
+
+/// A guard's detectors, each once, in the order listed; the error names an unknown one.
+pub(crate) fn distinct_detectors(
+    entries: &[serde_saphyr::Spanned<String>],
+) -> Result<Vec<Detector>, String> {
+    let mut detectors = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let detector = Detector::from_name(&entry.value).ok_or_else(|| {
+            format!(
+                "unknown detector '{}' (valid detectors: {})",
+                entry.value,
+                Detector::names()
+            )
+        })?;
+        if !detectors.contains(&detector) {
+            detectors.push(detector);
+        }
+    }
+    Ok(detectors)
 }
 
 /// The compiled `guards` section.

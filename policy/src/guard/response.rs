@@ -37,7 +37,7 @@ use regex::{Regex, RegexSet, RegexSetBuilder};
 
 pub use stream::{GuardedChunk, ResponseGuardStream, StreamRejection};
 
-use super::{compile_pattern, Detector, GuardError, GuardHit, GuardRule};
+use super::{compile_pattern, distinct_detectors, Detector, GuardError, GuardHit, GuardRule};
 use crate::config::response_guards::ResponseGuardSection;
 use crate::config::GuardAction;
 use crate::openai_api::{LlmApi, LocalReply};
@@ -193,22 +193,10 @@ fn compile_guard(
     };
     let first = compiled.rules.len();
     let mut sources: Vec<&str> = Vec::new();
-    let mut seen = Vec::new();
-    for entry in &section.detectors {
-        let detector = Detector::from_name(&entry.value).ok_or_else(|| {
-            error(format!(
-                "unknown detector '{}' (valid detectors: {})",
-                entry.value,
-                Detector::names()
-            ))
-        })?;
+    for detector in distinct_detectors(&section.detectors).map_err(error)? {
         if let Some(why) = unavailable_for_responses(detector) {
             return Err(error(why.to_string()));
         }
-        if seen.contains(&detector) {
-            continue;
-        }
-        seen.push(detector);
         let label = GuardRule::Detector(detector);
         let mask = mask_for(detector.name());
         for rule in detector.rules() {
