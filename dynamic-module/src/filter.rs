@@ -88,6 +88,16 @@ impl FilterConfig {
                 );
             }
         }
+        let webhook_guards = config
+            .guards
+            .as_ref()
+            .is_some_and(|g| g.request.iter().any(|guard| guard.webhook.is_some()));
+        if webhook_guards {
+            return Err(
+                "webhook guards (guards.request[].webhook) are not supported by the dynamic module (it makes no HTTP calls of its own): run Gantry in ext_proc mode for them"
+                    .into(),
+            );
+        }
         if config.governance.is_some() {
             return Err(
                 "governance (budgets, rate limits, spend) is not supported by the dynamic module (it needs the store): run Gantry in ext_proc mode for it"
@@ -247,7 +257,8 @@ impl StreamFilter {
 
     pub fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
         let config = self.config.clone();
-        let all_headers = config.snapshot.auth.is_some() || config.snapshot.routing.uses_request();
+        let all_headers =
+            config.snapshot.auth.is_some() || config.snapshot.condition_uses().reads_request();
         let head = Head::read(stream, all_headers);
         if let Some(fault) = &config.fault_header {
             if stream.header(Side::Request, fault).is_some() {
@@ -545,14 +556,15 @@ impl StreamFilter {
 
     /// Plans the upstream request and rewrites this one into it, or answers why not.
     fn forward(&mut self, stream: &Stream, api: LlmApi, head: &Head, body: &[u8]) -> Step {
-        let headers: Vec<(String, String)> = if self.config.snapshot.routing.uses_request() {
-            head.headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let headers: Vec<(String, String)> =
+            if self.config.snapshot.condition_uses().reads_request() {
+                head.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let path = head.path.split('?').next().unwrap_or("");
         let request = RequestContext {
             caller: &self.caller,

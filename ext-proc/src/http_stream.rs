@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -235,7 +236,21 @@ pub struct HttpStream {
     phase: Phase,
     caller: Caller,
     head: RequestHead,
+    /// A planned request waiting for its webhook guards ([`HttpStream::resume`]).
+    deferred: Option<Box<Deferred>>,
 }
+
+/// A request body whose answer waits for webhook guards.
+struct Deferred {
+    plan: ForwardPlan,
+    /// The body as the client sent it (for metering).
+    client_body: Vec<u8>,
+}
+
+/// How long Envoy may wait for the request body's answer beyond the webhooks' own timeouts.
+const WEBHOOK_MARGIN: Duration = Duration::from_millis(500);
+/// The longest wait Gantry asks of Envoy: the `max_message_timeout` it renders.
+const MAX_OVERRIDE: Duration = Duration::from_secs(30);
 
 impl HttpStream {
     pub fn new(snapshot: Arc<Snapshot>, governance: Option<Arc<GovernanceRuntime>>) -> HttpStream {
@@ -245,16 +260,60 @@ impl HttpStream {
             phase: Phase::Idle,
             caller: Caller::default(),
             head: RequestHead::default(),
+            deferred: None,
         }
     }
 
-    /// Answers one message. Every message gets exactly one response.
+    /// Finishes a request body that waited for webhook guards, if one did: the serving loop
+    /// calls it before reading the next message. The answer to that body comes from here.
+    pub async fn resume(&mut self) -> Option<ProcessingResponse> {
+        let Deferred {
+            mut plan,
+            client_body,
+        } = *self.deferred.take()?;
+        let snapshot = self.snapshot.clone();
+        let run = snapshot.guards.webhook_run(
+            plan.api,
+            &plan.route.alias,
+            &plan.body,
+            &plan.guard_selection,
+        );
+        if let Some(mut run) = run {
+            loop {
+                let call = match run.next_call() {
+                    Ok(Some(call)) => call,
+                    Ok(None) => break,
+                    Err(reply) => return Some(immediate(&reply)),
+                };
+                let answer = crate::guard_webhook::call(&call).await;
+                if let Err(reply) = run.answer(answer) {
+                    tracing::debug!(
+                        status = reply.status,
+                        details = reply.details,
+                        "request refused by a webhook guard"
+                    );
+                    return Some(immediate(&reply));
+                }
+            }
+            let outcome = run.finish();
+            if let Some(body) = outcome.body {
+                plan.body = body;
+            }
+            plan.guard_hits.extend(outcome.hits);
+        }
+        Some(self.forward(plan, &client_body).await)
+    }
+
+    /// Answers one message. Every message gets exactly one response, except a request body
+    /// that waits for webhook guards: it first gets an `override_message_timeout`, then its
+    /// answer from [`HttpStream::resume`].
     pub async fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
         match message.request {
             Some(Request::RequestHeaders(headers)) => {
                 self.caller = caller_from_metadata(
                     message.metadata_context.as_ref(),
-                    self.snapshot.governance.is_some() || self.snapshot.routing.uses_caller(),
+                    self.snapshot.governance.is_some()
+                        || self.snapshot.condition_uses().reads_caller(),
                 );
                 self.on_request_headers(&headers)
             }
@@ -294,12 +353,13 @@ impl HttpStream {
                 immediate(&reply)
             }
             HeadDecision::ReadBody(api) => {
-                // Kept for the metering of the request and for routing rules only.
+                // Kept for the metering of the request and for conditions (routing rules,
+                // guards' `when`) only.
                 let governance = self.snapshot.governance.as_ref();
-                let routing = &self.snapshot.routing;
-                if governance.is_some() || !routing.is_empty() {
+                let conditions = self.snapshot.condition_uses();
+                if governance.is_some() || conditions != Default::default() {
                     let keep_headers =
-                        governance.is_some_and(|p| p.uses_request()) || routing.uses_request();
+                        governance.is_some_and(|p| p.uses_request()) || conditions.reads_request();
                     self.head = RequestHead {
                         method: method.to_string(),
                         path: path.split('?').next().unwrap_or("").to_string(),
@@ -339,7 +399,7 @@ impl HttpStream {
             path: &self.head.path,
             headers: &self.head.headers,
         };
-        let mut plan = match plan_forward_in(&self.snapshot, api, &body.body, &request) {
+        let plan = match plan_forward_in(&self.snapshot, api, &body.body, &request) {
             Ok(plan) => plan,
             Err(reply) => {
                 tracing::debug!(
@@ -350,7 +410,27 @@ impl HttpStream {
                 return immediate(&reply);
             }
         };
-        let metered = match self.meter(&plan, &body.body).await {
+        if let Some(budget) = self.snapshot.guards.webhook_budget(&plan.guard_selection) {
+            // Envoy's message_timeout would cut the webhooks short: ask it to wait for them.
+            let wait = (budget + WEBHOOK_MARGIN).min(MAX_OVERRIDE);
+            self.deferred = Some(Box::new(Deferred {
+                plan,
+                client_body: body.body.clone(),
+            }));
+            return ProcessingResponse {
+                override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: wait.as_secs() as i64,
+                    nanos: wait.subsec_nanos() as i32,
+                }),
+                ..Default::default()
+            };
+        }
+        self.forward(plan, &body.body).await
+    }
+
+    /// Sends a planned request on: meters it, then rewrites it into the upstream request.
+    async fn forward(&mut self, mut plan: ForwardPlan, client_body: &[u8]) -> ProcessingResponse {
+        let metered = match self.meter(&plan, client_body).await {
             Ok(metered) => metered,
             Err(reply) => return immediate(&reply),
         };

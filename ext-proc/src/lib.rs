@@ -11,6 +11,7 @@
 //! `receiving_namespaces` containing [`http_stream::METADATA_NAMESPACE`].
 
 pub mod governance;
+pub mod guard_webhook;
 pub mod http_stream;
 pub mod server;
 

@@ -68,6 +68,10 @@ impl ExternalProcessor for ExtProcService {
         let responses = futures::stream::unfold(
             (request.into_inner(), state),
             |(mut inbound, mut state)| async move {
+                // A request body that waited for webhook guards is answered first.
+                if let Some(response) = state.resume().await {
+                    return Some((Ok(response), (inbound, state)));
+                }
                 match inbound.message().await {
                     Ok(Some(message)) => {
                         let response = state.handle(message).await;

@@ -99,6 +99,13 @@ fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
     if config.governance.is_some() {
         return Some("governance (budgets and rate limits need the store)");
     }
+    let webhook_guards = config
+        .guards
+        .as_ref()
+        .is_some_and(|g| g.request.iter().any(|guard| guard.webhook.is_some()));
+    if webhook_guards {
+        return Some("webhook guards (the module makes no HTTP calls of its own)");
+    }
     None
 }
 

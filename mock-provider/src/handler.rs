@@ -61,6 +61,9 @@ async fn respond(shared: &Shared, request: Request) -> Response {
     if let Some(delay) = controls.first_byte_delay {
         tokio::time::sleep(delay).await;
     }
+    if parts.uri.path() == "/gantry/guard" && crate::guard::is_slow(&body) {
+        tokio::time::sleep(crate::guard::SLOW_GUARD).await;
+    }
     answer(shared, &parts, &body, &controls).unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -128,6 +131,8 @@ fn answer(
         Route::Completions => openai::completions(shared, body, &stream),
         Route::Embeddings => openai::embeddings(body),
         Route::Models => Ok(openai::models(shared)),
+        Route::Moderations => crate::guard::moderations(body),
+        Route::GuardWebhook => crate::guard::gantry_guard(body),
     }
 }
 
@@ -156,6 +161,8 @@ enum Route {
     Completions,
     Embeddings,
     Models,
+    Moderations,
+    GuardWebhook,
 }
 
 impl Route {
@@ -165,6 +172,8 @@ impl Route {
             "/v1/completions" => Some(Route::Completions),
             "/v1/embeddings" => Some(Route::Embeddings),
             "/v1/models" => Some(Route::Models),
+            "/v1/moderations" => Some(Route::Moderations),
+            "/gantry/guard" => Some(Route::GuardWebhook),
             _ => None,
         }
     }
@@ -172,7 +181,11 @@ impl Route {
     fn method(self) -> Method {
         match self {
             Route::Models => Method::GET,
-            Route::ChatCompletions | Route::Completions | Route::Embeddings => Method::POST,
+            Route::ChatCompletions
+            | Route::Completions
+            | Route::Embeddings
+            | Route::Moderations
+            | Route::GuardWebhook => Method::POST,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! - `POST /v1/chat/completions` (JSON, or SSE when `"stream": true`),
 //! - `POST /v1/completions` (JSON or SSE),
 //! - `POST /v1/embeddings` (deterministic 8-dimensional vectors),
-//! - `GET /v1/models`.
+//! - `GET /v1/models`,
+//! - `POST /v1/moderations` and `POST /gantry/guard`: the OpenAI moderation API and a
+//!   Gantry-format guard webhook, for webhook guards (see [`guard`]).
 //!
 //! Replies and token counts are deterministic. Requests are recorded (see
 //! [`MockProvider::recorded`]) and every response carries an
@@ -25,6 +27,7 @@
 //! # }
 //! ```
 
+pub mod guard;
 mod handler;
 mod openai;
 

@@ -18,12 +18,14 @@ use crate::endpoint::ProviderEndpoint;
 
 mod auth;
 mod governance;
+mod guard_webhook;
 mod guards;
 mod mcp;
 pub mod response_guards;
 mod routing;
 pub use auth::*;
 pub use governance::*;
+pub use guard_webhook::*;
 pub use guards::*;
 pub use mcp::*;
 pub use response_guards::ResponseGuardSection;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::guard::{GuardHit, GuardVerdict};
+use crate::guard::{GuardHit, GuardSelection, GuardVerdict};
 use crate::json_object::RawObject;
 use crate::routing::RequestContext;
 use crate::snapshot::{Credential, ModelRoute, Snapshot};
@@ -29,6 +29,16 @@ pub enum LlmApi {
 }
 
 impl LlmApi {
+    /// The API's name in conditions and webhook calls: `chat_completions`, `completions`,
+    /// `embeddings`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LlmApi::ChatCompletions => "chat_completions",
+            LlmApi::Completions => "completions",
+            LlmApi::Embeddings => "embeddings",
+        }
+    }
+
     pub fn path(self) -> &'static str {
         match self {
             LlmApi::ChatCompletions => "/v1/chat/completions",
@@ -202,6 +212,9 @@ pub struct ForwardPlan {
     pub guard_hits: Vec<GuardHit>,
     /// The routing rule that picked `route` instead of the model the client asked for.
     pub routed_by: Option<Arc<str>>,
+    /// The request guards this request's `when` conditions left on; the adapter runs the
+    /// selected webhook guards ([`GuardPolicy::webhook_run`](crate::guard::GuardPolicy::webhook_run)).
+    pub guard_selection: GuardSelection,
 }
 
 impl ForwardPlan {
@@ -327,8 +340,12 @@ pub fn plan_forward_in(
             usage_injected = true;
         }
     }
+    let guard_selection = snapshot.guards.select(api, &alias, &object, request);
     let guard_hits = if snapshot.guards.has_request_guards() {
-        match snapshot.guards.check_request(api, &mut object) {
+        match snapshot
+            .guards
+            .check_request(api, &mut object, &guard_selection)
+        {
             GuardVerdict::Forward { hits } => hits,
             GuardVerdict::Reject { reply, .. } => return Err(reply),
         }
@@ -346,6 +363,7 @@ pub fn plan_forward_in(
         usage_injected,
         guard_hits,
         routed_by,
+        guard_selection,
     })
 }
 

@@ -51,7 +51,98 @@ struct RoutingRule {
 #[derive(Default)]
 pub struct RoutingRules {
     rules: Vec<RoutingRule>,
-    uses: [bool; VARIABLES.len()],
+    uses: VariableUse,
+}
+
+/// Which of [`VARIABLES`] some conditions read: only those are built for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VariableUse([bool; VARIABLES.len()]);
+
+impl VariableUse {
+    /// Adds what `program` reads.
+    pub(crate) fn add(&mut self, program: &Program) {
+        let references = program.references();
+        for (i, name) in VARIABLES.iter().enumerate() {
+            self.0[i] |= references.has_variable(name);
+        }
+    }
+
+    pub fn union(self, other: VariableUse) -> VariableUse {
+        let mut both = self;
+        for (i, used) in other.0.iter().enumerate() {
+            both.0[i] |= used;
+        }
+        both
+    }
+
+    fn reads(&self, variable: &str) -> bool {
+        VARIABLES
+            .iter()
+            .position(|v| *v == variable)
+            .is_some_and(|i| self.0[i])
+    }
+
+    /// Whether a condition reads `request` (the adapter then keeps the request headers).
+    pub fn reads_request(&self) -> bool {
+        self.reads("request")
+    }
+
+    /// Whether a condition reads the caller (`principal`, `apiKey` or `jwt`).
+    pub fn reads_caller(&self) -> bool {
+        self.reads("principal") || self.reads("apiKey") || self.reads("jwt")
+    }
+}
+
+/// The variables `uses` names, for one `api` request for model `model`.
+pub(crate) fn condition_context(
+    uses: VariableUse,
+    api: LlmApi,
+    model: &str,
+    body: &RawObject,
+    request: &RequestContext<'_>,
+) -> Context<'static, 'static> {
+    let mut context = Context::with_env(env().clone());
+    let facts = ScopeFacts {
+        caller: request.caller,
+        model,
+        provider: "",
+        upstream_model: "",
+        end_user: None,
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+    };
+    for (i, name) in VARIABLES.iter().enumerate() {
+        if !uses.0[i] {
+            continue;
+        }
+        let value = match *name {
+            "llm" => llm_variable(api, model, body),
+            other => caller_variable(other, &facts),
+        };
+        context.add_variable_from_value(*name, value);
+    }
+    context
+}
+
+/// Whether `condition` holds in `context`. A condition that fails or is not a boolean does
+/// not hold; `what` names it in the debug log (e.g. `routing rule 'long-chats'`).
+pub(crate) fn holds(
+    condition: &Program,
+    context: &Context<'_, '_>,
+    what: &dyn std::fmt::Display,
+) -> bool {
+    match condition.execute(context) {
+        Ok(CelValue::Bool(value)) => value,
+        Ok(other) => {
+            tracing::debug!(%what, value = ?other, "condition is not a boolean; it does not hold");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(%what, error = %e, "condition failed; it does not hold");
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for RoutingRules {
@@ -110,9 +201,7 @@ impl RoutingRules {
                 tracing::error!(rule = %section.name.value, "routing condition not compiled");
                 continue;
             };
-            for (i, name) in VARIABLES.iter().enumerate() {
-                compiled.uses[i] |= when.references().has_variable(name);
-            }
+            compiled.uses.add(&when);
             compiled.rules.push(RoutingRule {
                 name: Arc::from(section.name.value.as_str()),
                 when,
@@ -126,21 +215,9 @@ impl RoutingRules {
         self.rules.is_empty()
     }
 
-    fn uses(&self, variable: &str) -> bool {
-        VARIABLES
-            .iter()
-            .position(|v| *v == variable)
-            .is_some_and(|i| self.uses[i])
-    }
-
-    /// Whether a condition reads `request` (the adapter then keeps the request headers).
-    pub fn uses_request(&self) -> bool {
-        self.uses("request")
-    }
-
-    /// Whether a condition reads the caller (`principal`, `apiKey` or `jwt`).
-    pub fn uses_caller(&self) -> bool {
-        self.uses("principal") || self.uses("apiKey") || self.uses("jwt")
+    /// What the rules' conditions read.
+    pub fn uses(&self) -> VariableUse {
+        self.uses
     }
 
     /// The first rule whose condition holds for this request, if any.
@@ -154,54 +231,18 @@ impl RoutingRules {
         if self.rules.is_empty() {
             return None;
         }
-        let mut context = Context::with_env(env().clone());
-        let facts = ScopeFacts {
-            caller: request.caller,
-            model: requested,
-            provider: "",
-            upstream_model: "",
-            end_user: None,
-            method: request.method,
-            path: request.path,
-            headers: request.headers,
-        };
-        for (i, name) in VARIABLES.iter().enumerate() {
-            if !self.uses[i] {
-                continue;
-            }
-            let value = match *name {
-                "llm" => llm_variable(api, requested, body),
-                other => caller_variable(other, &facts),
-            };
-            context.add_variable_from_value(*name, value);
-        }
+        let context = condition_context(self.uses, api, requested, body, request);
         for rule in &self.rules {
-            match rule.when.execute(&context) {
-                Ok(CelValue::Bool(true)) => {
-                    tracing::debug!(rule = %rule.name, from = requested, to = %rule.model, "routing rule matched");
-                    return Some(Routed {
-                        rule: rule.name.clone(),
-                        model: rule.model.clone(),
-                    });
-                }
-                Ok(CelValue::Bool(false)) => {}
-                Ok(other) => {
-                    tracing::debug!(rule = %rule.name, value = ?other, "routing condition is not a boolean; no match");
-                }
-                Err(e) => {
-                    tracing::debug!(rule = %rule.name, error = %e, "routing condition failed; no match");
-                }
+            let what = format_args!("routing rule '{}'", rule.name);
+            if holds(&rule.when, &context, &what) {
+                tracing::debug!(rule = %rule.name, from = requested, to = %rule.model, "routing rule matched");
+                return Some(Routed {
+                    rule: rule.name.clone(),
+                    model: rule.model.clone(),
+                });
             }
         }
         None
-    }
-}
-
-fn api_name(api: LlmApi) -> &'static str {
-    match api {
-        LlmApi::ChatCompletions => "chat_completions",
-        LlmApi::Completions => "completions",
-        LlmApi::Embeddings => "embeddings",
     }
 }
 
@@ -240,7 +281,7 @@ fn llm_variable(api: LlmApi, requested: &str, body: &RawObject) -> CelValue {
         || matches!(parse("functions"), Some(Value::Array(f)) if !f.is_empty());
     let entries: HashMap<Key, CelValue> = [
         ("model", CelValue::from(requested)),
-        ("api", CelValue::from(api_name(api))),
+        ("api", CelValue::from(api.name())),
         ("stream", CelValue::Bool(stream)),
         ("message_count", CelValue::Int(message_count)),
         ("max_tokens", CelValue::Int(max_tokens)),
@@ -315,7 +356,7 @@ mod tests {
             ),
             ("team", "principal.team == 'research'", "lab"),
         ]);
-        assert!(r.uses_request() && r.uses_caller());
+        assert!(r.uses().reads_request() && r.uses().reads_caller());
         let headers = vec![("x-priority".to_string(), "high".to_string())];
         let caller = Caller {
             team: Some("research".into()),

@@ -164,7 +164,7 @@ impl Snapshot {
             guards: config.guards.as_ref().map_or_else(GuardPolicy::default, |section| {
                 // Unreachable on a validated config; refuse guarded traffic rather than let
                 // it through unscanned.
-                GuardPolicy::compile(section).unwrap_or_else(|e| {
+                GuardPolicy::compile(section, env).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "guards section not compiled; LLM requests will be refused");
                     GuardPolicy::refusing(e.to_string())
                 })
@@ -182,6 +182,12 @@ impl Snapshot {
             .map(|route| model_entry(&route.alias, &route.provider.name))
             .collect();
         list_body(&listed)
+    }
+
+    /// What the request's conditions (routing rules, guards' `when`) read: the adapter keeps
+    /// the headers and the caller only when some condition needs them.
+    pub fn condition_uses(&self) -> crate::routing::VariableUse {
+        self.routing.uses().union(self.guards.condition_uses())
     }
 
     pub fn model(&self, alias: &str) -> Option<&Arc<ModelRoute>> {

@@ -404,6 +404,10 @@ fn envoy_refuses_a_module_config_it_cannot_serve_and_the_log_says_why() {
             "auth.jwt is not supported by the dynamic module",
         ),
         (
+            r#"{"listen":"127.0.0.1:1","guards":{"request":[{"name":"w","webhook":{"url":"http://127.0.0.1:9/check"}}]}}"#,
+            "webhook guards (guards.request[].webhook) are not supported by the dynamic module",
+        ),
+        (
             r#"{"listen": "127.0.0.1:1", "models": ["#,
             "invalid filter_config",
         ),

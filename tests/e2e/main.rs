@@ -10,6 +10,7 @@ mod envoy_configs;
 mod errors;
 mod fail_mode;
 mod governance;
+mod guard_webhooks;
 mod guards;
 mod interop;
 mod istio;

@@ -38,6 +38,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::guard_webhook::{validate_webhook_guard, validate_when, NotForWebhooks};
 use super::{check_name, issue, ConfigIssue};
 use crate::guard::{compile_allow, compile_pattern, Detector, GuardScope, RequestGuard};
 
@@ -82,6 +83,13 @@ pub struct RequestGuardSection {
     /// `[REDACTED:pattern]` for patterns).
     #[serde(default)]
     pub mask_with: Option<Spanned<String>>,
+    /// A CEL condition over the request (the variables of routing rules; `llm.model` is the
+    /// model the request is routed to): the guard runs only when it holds.
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    /// An external service that decides instead of detectors and patterns.
+    #[serde(default)]
+    pub webhook: Option<super::guard_webhook::WebhookSection>,
 }
 
 /// What a guard does with a request it has a hit in.
@@ -110,11 +118,52 @@ impl GuardAction {
 impl GuardsSection {
     pub(super) fn validate(&self, issues: &mut Vec<ConfigIssue>) {
         super::response_guards::validate_response_guards(&self.response, "guards.response", issues);
+        // Webhooks run one after another while Envoy waits for the request body's answer,
+        // which Gantry can ask it to wait for up to its max_message_timeout.
+        let webhooks: Vec<(usize, &super::guard_webhook::WebhookSection)> = self
+            .request
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.webhook.as_ref().map(|w| (i, w)))
+            .collect();
+        let total: u64 = webhooks.iter().map(|(_, w)| w.timeout_ms()).sum();
+        if webhooks.len() > 1 && total > super::guard_webhook::MAX_WEBHOOK_TIMEOUT_MS {
+            let (last, webhook) = webhooks[webhooks.len() - 1];
+            issues.push(issue(
+                &format!("guards.request[{last}].webhook"),
+                webhook.url.referenced.line(),
+                format!(
+                    "the webhook guards' timeout_ms add up to {total} ms; a request waits for them one after another, at most {} ms in all",
+                    super::guard_webhook::MAX_WEBHOOK_TIMEOUT_MS
+                ),
+            ));
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, guard) in self.request.iter().enumerate() {
             let path = format!("guards.request[{i}]");
             let before = issues.len();
             let name = &guard.name;
+            validate_when(guard.when.as_ref(), &path, issues);
+            if let Some(webhook) = &guard.webhook {
+                check_name(name, &format!("{path}.name"), issues);
+                check_unique(name, i, "guards.request", &mut names, issues);
+                check_scopes(guard, &path, issues);
+                validate_webhook_guard(
+                    &path,
+                    name.referenced.line(),
+                    guard.action,
+                    webhook,
+                    NotForWebhooks {
+                        detectors: !guard.detectors.is_empty(),
+                        patterns: !guard.patterns.is_empty(),
+                        allow: !guard.allow.is_empty(),
+                        injection_threshold: guard.injection_threshold.is_some(),
+                        mask_with: guard.mask_with.as_ref(),
+                    },
+                    issues,
+                );
+                continue;
+            }
             validate_guard_parts(
                 &GuardParts {
                     list: "guards.request",
@@ -138,36 +187,7 @@ impl GuardsSection {
                     ));
                 }
             }
-            if let Some(scopes) = &guard.scopes {
-                if scopes.is_empty() {
-                    issues.push(issue(
-                        &format!("{path}.scopes"),
-                        name.referenced.line(),
-                        "scans nothing: list scopes, or leave scopes out to scan everything".into(),
-                    ));
-                }
-                let mut seen = HashSet::new();
-                for (j, entry) in scopes.iter().enumerate() {
-                    let entry_path = format!("{path}.scopes[{j}]");
-                    match GuardScope::from_name(&entry.value) {
-                        None => issues.push(issue(
-                            &entry_path,
-                            entry.referenced.line(),
-                            format!(
-                                "unknown scope '{}' (valid scopes: {})",
-                                entry.value,
-                                GuardScope::names()
-                            ),
-                        )),
-                        Some(scope) if !seen.insert(scope) => issues.push(issue(
-                            &entry_path,
-                            entry.referenced.line(),
-                            format!("'{}' is listed twice", entry.value),
-                        )),
-                        Some(_) => {}
-                    }
-                }
-            }
+            check_scopes(guard, &path, issues);
             if let Some(threshold) = &guard.injection_threshold {
                 let path = format!("{path}.injection_threshold");
                 let line = threshold.referenced.line();
@@ -201,6 +221,41 @@ impl GuardsSection {
     }
 }
 
+/// Checks a request guard's `scopes`: known names, each once, not an empty list.
+fn check_scopes(guard: &RequestGuardSection, path: &str, issues: &mut Vec<ConfigIssue>) {
+    let name = &guard.name;
+    if let Some(scopes) = &guard.scopes {
+        if scopes.is_empty() {
+            issues.push(issue(
+                &format!("{path}.scopes"),
+                name.referenced.line(),
+                "scans nothing: list scopes, or leave scopes out to scan everything".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (j, entry) in scopes.iter().enumerate() {
+            let entry_path = format!("{path}.scopes[{j}]");
+            match GuardScope::from_name(&entry.value) {
+                None => issues.push(issue(
+                    &entry_path,
+                    entry.referenced.line(),
+                    format!(
+                        "unknown scope '{}' (valid scopes: {})",
+                        entry.value,
+                        GuardScope::names()
+                    ),
+                )),
+                Some(scope) if !seen.insert(scope) => issues.push(issue(
+                    &entry_path,
+                    entry.referenced.line(),
+                    format!("'{}' is listed twice", entry.value),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
 /// The parts every guard has (request and response guards alike), for [`validate_guard_parts`].
 pub(super) struct GuardParts<'a> {
     /// The list's path, e.g. `guards.request`.
@@ -211,6 +266,26 @@ pub(super) struct GuardParts<'a> {
     pub detectors: &'a [Spanned<String>],
     pub patterns: &'a [Spanned<String>],
     pub mask_with: Option<&'a Spanned<String>>,
+}
+
+/// Records `name` (of `list[index]`) in `names`, reporting a name seen before.
+pub(super) fn check_unique<'a>(
+    name: &'a Spanned<String>,
+    index: usize,
+    list: &str,
+    names: &mut HashMap<&'a str, usize>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if let Some(first) = names.insert(name.value.as_str(), index) {
+        issues.push(issue(
+            &format!("{list}[{index}].name"),
+            name.referenced.line(),
+            format!(
+                "duplicate guard name '{}' (first declared at {list}[{first}])",
+                name.value
+            ),
+        ));
+    }
 }
 
 /// Checks a guard's common parts: a valid name unique in its list (`names`), at least one
@@ -225,16 +300,7 @@ pub(super) fn validate_guard_parts<'a>(
     let (list, i, name) = (guard.list, guard.index, guard.name);
     let path = format!("{list}[{i}]");
     check_name(name, &format!("{path}.name"), issues);
-    if let Some(first) = names.insert(name.value.as_str(), i) {
-        issues.push(issue(
-            &format!("{path}.name"),
-            name.referenced.line(),
-            format!(
-                "duplicate guard name '{}' (first declared at {list}[{first}])",
-                name.value
-            ),
-        ));
-    }
+    check_unique(name, i, list, names, issues);
     if guard.detectors.is_empty() && guard.patterns.is_empty() {
         issues.push(issue(
             &path,
@@ -432,6 +498,72 @@ guards:
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
         assert!(!err.contains("allow[2]"), "{err}");
+    }
+
+    #[test]
+    fn webhook_guards_and_when_conditions_are_checked() {
+        let parsed = ConfigFile::parse(&config(
+            r"  request:
+    - name: house
+      scopes: [user]
+      when: llm.model == 'fast'
+      webhook: { url: 'http://guard.internal:8080/check', timeout_ms: 2500, api_key_env: GUARD_TOKEN, failure_mode: open }
+    - name: moderation
+      action: log
+      webhook:
+        format: openai_moderation
+        url: https://api.openai.com/v1/moderations
+        model: omni-moderation-2024-09-26
+        categories: [violence, self-harm/intent]
+",
+        ))
+        .expect("valid");
+        let guards = parsed.guards.expect("guards");
+        let house = guards.request[0].webhook.as_ref().unwrap();
+        assert_eq!(house.timeout_ms(), 2500);
+        assert_eq!(house.failure_mode, crate::config::FailureMode::Open);
+        let moderation = guards.request[1].webhook.as_ref().unwrap();
+        assert_eq!(
+            moderation.format,
+            crate::config::WebhookFormat::OpenaiModeration
+        );
+        assert_eq!(moderation.timeout_ms(), 1000);
+
+        let err = problems(
+            r"  request:
+    - name: a
+      action: mask
+      detectors: [email]
+      mask_with: '#'
+      webhook: { url: 'ftp://x/check', timeout_ms: 0, api_key_env: 1BAD, model: m }
+    - name: b
+      when: llm.modle == 'x' ||
+      webhook: { url: 'not a url', format: openai_moderation, categories: [violence, gore, violence] }
+    - name: a
+      webhook: { url: 'http://h/x', timeout_ms: 30000 }
+    - name: c
+      detectors: [email]
+      when: nobody.knows
+",
+        );
+        for needle in [
+            "guards.request[0].detectors (line 10): does not apply to a webhook guard",
+            "guards.request[0].mask_with (line 10): does not apply to a webhook guard",
+            "guards.request[0].action (line 10): a webhook's verdict says what to mask",
+            "guards.request[0].webhook.url (line 14): 'ftp://x/check': unsupported scheme 'ftp' (use http or https)",
+            "guards.request[0].webhook.timeout_ms (line 14): must be from 1 to 30000 (got 0)",
+            "guards.request[0].webhook.api_key_env (line 14): '1BAD' is not an environment variable name",
+            "guards.request[0].webhook.model (line 14): applies only to format: openai_moderation",
+            "guards.request[1].when (line 16): ERROR: <input>:1:20: Syntax error: mismatched input",
+            "guards.request[1].webhook.url (line 17): 'not a url' is not a URL",
+            "guards.request[1].webhook.categories[1] (line 17): unknown moderation category 'gore' (valid categories: harassment,",
+            "guards.request[1].webhook.categories[2] (line 17): 'violence' is listed twice",
+            "guards.request[2].name (line 18): duplicate guard name 'a' (first declared at guards.request[0])",
+            "guards.request[2].webhook (line 19): the webhook guards' timeout_ms add up to 31000 ms",
+            "guards.request[3].when (line 22): unknown variable 'nobody'",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod response;
 mod scope;
 #[cfg(test)]
 mod tests;
+mod webhook;
 
 use std::fmt;
 use std::ops::Range;
@@ -30,10 +31,14 @@ pub use detectors::Detector;
 pub use injection::DEFAULT_THRESHOLD as DEFAULT_INJECTION_THRESHOLD;
 pub use prompt::Location;
 pub use scope::{GuardScope, ScopeSet};
+pub use webhook::{WebhookAnswer, WebhookCall, WebhookGuard, WebhookOutcome, WebhookRun};
+
+use cel::Program;
 
 use crate::config::{GuardAction, GuardsSection, RequestGuardSection};
 use crate::json_object::RawObject;
 use crate::openai_api::{LlmApi, LocalReply};
+use crate::routing::{condition_context, holds, RequestContext, VariableUse};
 use detectors::Check;
 use prompt::Visit;
 
@@ -43,11 +48,16 @@ pub const GUARD_REJECTED: &str = "guard_rejected";
 pub const GUARD_UNAVAILABLE: &str = "guard_unavailable";
 
 /// What matched: a built-in detector, or one of the guard's `patterns` (by index, so that
-/// the regex itself, which may name what it protects, is never shown to clients).
+/// the regex itself, which may name what it protects, is never shown to clients), or a
+/// webhook's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GuardRule {
     Detector(Detector),
     Pattern(usize),
+    /// A webhook guard's service answered reject or mask.
+    Webhook,
+    /// A webhook guard got no verdict and, failing open, let the request through.
+    WebhookUnavailable,
 }
 
 impl GuardRule {
@@ -56,6 +66,7 @@ impl GuardRule {
         match self {
             GuardRule::Detector(detector) => detector.name(),
             GuardRule::Pattern(_) => "pattern",
+            GuardRule::Webhook | GuardRule::WebhookUnavailable => "webhook",
         }
     }
 }
@@ -65,6 +76,8 @@ impl fmt::Display for GuardRule {
         match self {
             GuardRule::Detector(detector) => f.write_str(detector.name()),
             GuardRule::Pattern(index) => write!(f, "patterns[{index}]"),
+            GuardRule::Webhook => f.write_str("webhook"),
+            GuardRule::WebhookUnavailable => f.write_str("webhook_unavailable"),
         }
     }
 }
@@ -293,6 +306,9 @@ pub struct RequestGuard {
     /// The `allow` regexes, anchored: a match whose text one of them matches is not a hit.
     allow: Option<RegexSet>,
     injection: Option<InjectionRule>,
+    /// Its index in `guards.request` (for `when` selection).
+    index: usize,
+    when: Option<Program>,
 }
 
 impl fmt::Debug for RequestGuard {
@@ -312,17 +328,25 @@ impl fmt::Debug for RequestGuard {
                 "injection_threshold",
                 &self.injection.as_ref().map(|i| i.threshold),
             )
+            .field("when", &self.when.is_some())
             .finish()
     }
 }
 
 impl RequestGuard {
     pub fn compile(section: &RequestGuardSection) -> Result<RequestGuard, GuardError> {
+        RequestGuard::compile_at(0, section)
+    }
+
+    /// Compiles guard `index` of `guards.request` (one without a webhook).
+    fn compile_at(index: usize, section: &RequestGuardSection) -> Result<RequestGuard, GuardError> {
         let name = section.name.value.as_str();
         let error = |message: String| GuardError::Compile {
             guard: name.to_string(),
             message,
         };
+        let when = compile_when(section).map_err(error)?;
+        let scopes = compile_scopes(section).map_err(error)?;
         let mask_for = |rule: GuardRule| -> Arc<str> {
             match &section.mask_with {
                 Some(text) => Arc::from(text.value.as_str()),
@@ -398,26 +422,6 @@ impl RequestGuard {
                     .map_err(|e| error(format!("its allow list is too large to compile: {e}")))?,
             )
         };
-        let scopes = match &section.scopes {
-            None => ScopeSet::ALL,
-            Some(names) => {
-                let mut scopes = ScopeSet::NONE;
-                for entry in names {
-                    let scope = GuardScope::from_name(&entry.value).ok_or_else(|| {
-                        error(format!(
-                            "unknown scope '{}' (valid scopes: {})",
-                            entry.value,
-                            GuardScope::names()
-                        ))
-                    })?;
-                    scopes = scopes.with(scope);
-                }
-                if scopes.is_empty() {
-                    return Err(error("scans nothing: its scopes are empty".into()));
-                }
-                scopes
-            }
-        };
         Ok(RequestGuard {
             name: Arc::from(name),
             action: section.action,
@@ -426,6 +430,8 @@ impl RequestGuard {
             set,
             allow,
             injection,
+            index,
+            when,
         })
     }
 
@@ -474,6 +480,39 @@ impl RequestGuard {
     }
 }
 
+/// A request guard's `scopes` (all of them when it lists none).
+fn compile_scopes(section: &RequestGuardSection) -> Result<ScopeSet, String> {
+    let Some(names) = &section.scopes else {
+        return Ok(ScopeSet::ALL);
+    };
+    let mut scopes = ScopeSet::NONE;
+    for entry in names {
+        let scope = GuardScope::from_name(&entry.value).ok_or_else(|| {
+            format!(
+                "unknown scope '{}' (valid scopes: {})",
+                entry.value,
+                GuardScope::names()
+            )
+        })?;
+        scopes = scopes.with(scope);
+    }
+    if scopes.is_empty() {
+        return Err("scans nothing: its scopes are empty".into());
+    }
+    Ok(scopes)
+}
+
+/// A guard's `when` condition, compiled.
+fn compile_when(section: &RequestGuardSection) -> Result<Option<Program>, String> {
+    section
+        .when
+        .as_ref()
+        .map(|when| {
+            crate::routing::compile_condition(&when.value).map_err(|e| format!("when: {e}"))
+        })
+        .transpose()
+}
+
 /// A guard's detectors, each once, in the order listed; the error names an unknown one.
 pub(crate) fn distinct_detectors(
     entries: &[serde_saphyr::Spanned<String>],
@@ -497,41 +536,164 @@ pub(crate) fn distinct_detectors(
 /// The compiled `guards` section.
 #[derive(Debug, Default)]
 pub struct GuardPolicy {
+    /// Built-in (detector and pattern) request guards, in config order.
     request: Vec<RequestGuard>,
+    /// Webhook request guards, in config order (they run after the built-in ones).
+    webhooks: Vec<WebhookGuard>,
     /// Guards over providers' replies.
     response: response::ResponseGuards,
-    /// Every scope some request guard scans.
+    /// Every scope some built-in request guard scans.
     scopes: ScopeSet,
+    /// What the guards' `when` conditions read.
+    condition_uses: VariableUse,
+    /// Whether some guard has a `when` condition.
+    conditional: bool,
     /// Set when the section could not be compiled: guarded requests are then refused rather
     /// than forwarded unchecked.
     unavailable: Option<String>,
 }
 
+/// Which request guards a request's `when` conditions turned off (by index in
+/// `guards.request`); nothing is off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardSelection {
+    off: Vec<bool>,
+}
+
+impl GuardSelection {
+    /// Every guard runs.
+    pub fn all() -> GuardSelection {
+        GuardSelection::default()
+    }
+
+    /// Whether guard `index` of `guards.request` runs.
+    pub fn runs(&self, index: usize) -> bool {
+        !self.off.get(index).copied().unwrap_or(false)
+    }
+}
+
 impl GuardPolicy {
-    pub fn compile(section: &GuardsSection) -> Result<GuardPolicy, GuardError> {
-        let request: Vec<RequestGuard> = section
-            .request
-            .iter()
-            .map(RequestGuard::compile)
-            .collect::<Result<_, _>>()?;
+    /// Compiles the section; `env` reads the webhooks' token variables.
+    pub fn compile(
+        section: &GuardsSection,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<GuardPolicy, GuardError> {
+        let mut request = Vec::new();
+        let mut webhooks = Vec::new();
+        let mut condition_uses = VariableUse::default();
+        for (index, guard) in section.request.iter().enumerate() {
+            if guard.webhook.is_some() {
+                let error = |message: String| GuardError::Compile {
+                    guard: guard.name.value.clone(),
+                    message,
+                };
+                let when = compile_when(guard).map_err(error)?;
+                let scopes = compile_scopes(guard).map_err(error)?;
+                if let Some(when) = &when {
+                    condition_uses.add(when);
+                }
+                webhooks.extend(WebhookGuard::compile(index, guard, scopes, when, env));
+            } else {
+                let compiled = RequestGuard::compile_at(index, guard)?;
+                if let Some(when) = &compiled.when {
+                    condition_uses.add(when);
+                }
+                request.push(compiled);
+            }
+        }
         let scopes = request
             .iter()
             .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes));
+        let conditional =
+            request.iter().any(|g| g.when.is_some()) || webhooks.iter().any(|g| g.when.is_some());
         Ok(GuardPolicy {
             request,
+            webhooks,
             response: response::ResponseGuards::compile(&section.response)?,
             scopes,
+            condition_uses,
+            conditional,
             unavailable: None,
         })
+    }
+
+    /// What the guards' `when` conditions read.
+    pub fn condition_uses(&self) -> VariableUse {
+        self.condition_uses
+    }
+
+    /// The webhook guards, in config order.
+    pub fn webhook_guards(&self) -> &[WebhookGuard] {
+        &self.webhooks
+    }
+
+    /// Which request guards run for this request: those without `when`, and those whose
+    /// `when` holds. `model` is the alias the request is routed to.
+    pub fn select(
+        &self,
+        api: LlmApi,
+        model: &str,
+        body: &RawObject,
+        request: &RequestContext<'_>,
+    ) -> GuardSelection {
+        if !self.conditional {
+            return GuardSelection::all();
+        }
+        let context = condition_context(self.condition_uses, api, model, body, request);
+        let conditions = self
+            .request
+            .iter()
+            .map(|g| (g.index, &g.name, &g.when))
+            .chain(self.webhooks.iter().map(|g| (g.index, &g.name, &g.when)));
+        let mut off = Vec::new();
+        for (index, name, when) in conditions {
+            let Some(when) = when else { continue };
+            let what = format_args!("guard '{name}' when");
+            if !holds(when, &context, &what) {
+                if off.len() <= index {
+                    off.resize(index + 1, false);
+                }
+                off[index] = true;
+                tracing::debug!(guard = %name, "guard skipped: its when condition does not hold");
+            }
+        }
+        GuardSelection { off }
+    }
+
+    /// The longest the selected webhook guards can take (every call at its timeout), or
+    /// `None` when none of them runs.
+    pub fn webhook_budget(&self, selection: &GuardSelection) -> Option<std::time::Duration> {
+        let mut selected = self
+            .webhooks
+            .iter()
+            .filter(|g| selection.runs(g.index))
+            .peekable();
+        selected.peek()?;
+        Some(selected.map(WebhookGuard::timeout).sum())
+    }
+
+    /// The webhook guards' pass over a planned request (`body` is what would go upstream),
+    /// or `None` when no selected webhook guard applies.
+    pub fn webhook_run(
+        &self,
+        api: LlmApi,
+        model: &str,
+        body: &[u8],
+        selection: &GuardSelection,
+    ) -> Option<WebhookRun<'_>> {
+        let guards: Vec<&WebhookGuard> = self
+            .webhooks
+            .iter()
+            .filter(|g| selection.runs(g.index))
+            .collect();
+        WebhookRun::new(guards, api, model, body)
     }
 
     /// A policy that refuses every LLM request: for a section that failed to compile.
     pub fn refusing(reason: String) -> GuardPolicy {
         GuardPolicy {
-            request: Vec::new(),
-            response: response::ResponseGuards::default(),
-            scopes: ScopeSet::NONE,
             unavailable: Some(reason),
+            ..GuardPolicy::default()
         }
     }
 
@@ -545,7 +707,12 @@ impl GuardPolicy {
         !self.request.is_empty() || self.unavailable.is_some()
     }
 
-    /// The request guards, in the order they apply.
+    /// Whether requests need [`GuardPolicy::select`] (some guard has a `when`).
+    pub fn is_conditional(&self) -> bool {
+        self.conditional
+    }
+
+    /// The built-in request guards, in the order they apply.
     pub fn request_guards(&self) -> &[RequestGuard] {
         &self.request
     }
@@ -554,8 +721,13 @@ impl GuardPolicy {
     /// order, each over the texts in its scopes. A rejecting hit anywhere refuses the request;
     /// masks of every guard are applied together (overlapping matches merge into one mask) and
     /// the changed prompt field is set back into `body`; other fields are left as the client
-    /// sent them.
-    pub fn check_request(&self, api: LlmApi, body: &mut RawObject) -> GuardVerdict {
+    /// sent them. Guards `selection` turned off are skipped.
+    pub fn check_request(
+        &self,
+        api: LlmApi,
+        body: &mut RawObject,
+        selection: &GuardSelection,
+    ) -> GuardVerdict {
         if let Some(reason) = &self.unavailable {
             tracing::error!(%reason, "request guards are unavailable; request refused");
             return GuardVerdict::Reject {
@@ -569,15 +741,33 @@ impl GuardPolicy {
                 hits: Vec::new(),
             };
         }
+        let selected: Vec<&RequestGuard>;
+        let (guards, scopes): (&[&RequestGuard], ScopeSet) = if selection.off.is_empty() {
+            selected = self.request.iter().collect();
+            (&selected, self.scopes)
+        } else {
+            selected = self
+                .request
+                .iter()
+                .filter(|g| selection.runs(g.index))
+                .collect();
+            let scopes = selected
+                .iter()
+                .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes));
+            (&selected, scopes)
+        };
+        if guards.is_empty() {
+            return GuardVerdict::Forward { hits: Vec::new() };
+        }
         let mut scan = Scan {
-            guards: &self.request,
+            guards,
             hits: Vec::new(),
             rejected: None,
             found: Vec::new(),
             location: None,
             location_hits: 0,
         };
-        let read = prompt::visit(body, api, self.scopes, &mut |location, scope, text| {
+        let read = prompt::visit(body, api, scopes, &mut |location, scope, text| {
             scan.text(location, scope, text)
         });
         for hit in &scan.hits {
@@ -607,7 +797,7 @@ impl GuardPolicy {
     }
 }
 
-fn log_hit(hit: &GuardHit) {
+pub(super) fn log_hit(hit: &GuardHit) {
     tracing::info!(
         guard = %hit.guard,
         rule = %hit.rule,
@@ -625,6 +815,7 @@ fn rejection(hit: &GuardHit) -> LocalReply {
     let what = match hit.rule {
         GuardRule::Detector(detector) => format!("{detector} found"),
         GuardRule::Pattern(index) => format!("patterns[{index}] matched"),
+        GuardRule::Webhook | GuardRule::WebhookUnavailable => "its webhook refused it".into(),
     };
     LocalReply::openai_error(
         400,
@@ -640,7 +831,7 @@ fn rejection(hit: &GuardHit) -> LocalReply {
 
 /// The guards' pass over one request.
 struct Scan<'g> {
-    guards: &'g [RequestGuard],
+    guards: &'g [&'g RequestGuard],
     hits: Vec<GuardHit>,
     /// The index in `hits` of the hit that refused the request.
     rejected: Option<usize>,

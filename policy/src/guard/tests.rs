@@ -325,7 +325,7 @@ fn a_policy_that_failed_to_compile_refuses_instead_of_forwarding() {
     let policy = GuardPolicy::refusing("guard 'x': broken".into());
     assert!(policy.has_request_guards());
     let mut body = RawObject::parse(br#"{"model":"m","prompt":"hi"}"#).unwrap();
-    match policy.check_request(LlmApi::Completions, &mut body) {
+    match policy.check_request(LlmApi::Completions, &mut body, &GuardSelection::all()) {
         GuardVerdict::Reject { reply, .. } => {
             assert_eq!((reply.status, reply.details), (503, GUARD_UNAVAILABLE));
             assert!(!String::from_utf8_lossy(&reply.body).contains("broken"));
@@ -541,7 +541,8 @@ fn prompt_injection_is_scored_refused_and_summarised() {
     assert!(!json.to_string().contains("score"), "{json}");
     let mut object = RawObject::parse(attack.as_bytes()).unwrap();
     let GuardVerdict::Reject { hits, .. } =
-        s.guards.check_request(LlmApi::ChatCompletions, &mut object)
+        s.guards
+            .check_request(LlmApi::ChatCompletions, &mut object, &GuardSelection::all())
     else {
         panic!("not refused");
     };
@@ -664,4 +665,348 @@ fn hits_summary_keeps_its_format_without_scores() {
         hits_summary(&hits),
         "a:patterns[1]:log@prompt,b:prompt_injection:reject@messages[0].content:0.82"
     );
+}
+
+/// A snapshot whose guards' webhook tokens come from `env`.
+fn snapshot_with_env(guards: &str, env: &[(&str, &str)]) -> Snapshot {
+    let text = format!(
+        "\
+listen: 127.0.0.1:10000
+providers:
+  - {{ name: a, kind: openai, endpoint: 'http://127.0.0.1:18080' }}
+models:
+  - {{ name: fast, provider: a, model: mock-small }}
+  - {{ name: slow, provider: a, model: mock-large }}
+guards:
+{guards}"
+    );
+    let config = ConfigFile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Snapshot::compile(&config, &move |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+/// Runs the webhook guards of `plan`, answering each call with `answer(call)`; the calls made
+/// and the outcome (or the refusal).
+fn run_webhooks(
+    s: &Snapshot,
+    plan: &ForwardPlan,
+    answer: &dyn Fn(&WebhookCall) -> WebhookAnswer,
+) -> (Vec<WebhookCall>, Result<WebhookOutcome, LocalReply>) {
+    let mut calls = Vec::new();
+    let Some(mut run) = s.guards.webhook_run(
+        plan.api,
+        &plan.route.alias,
+        &plan.body,
+        &plan.guard_selection,
+    ) else {
+        return (
+            calls,
+            Ok(WebhookOutcome {
+                body: None,
+                hits: Vec::new(),
+            }),
+        );
+    };
+    loop {
+        match run.next_call() {
+            Ok(Some(call)) => {
+                let reply = answer(&call);
+                calls.push(call);
+                if let Err(refusal) = run.answer(reply) {
+                    return (calls, Err(refusal));
+                }
+            }
+            Ok(None) => return (calls, Ok(run.finish())),
+            Err(refusal) => return (calls, Err(refusal)),
+        }
+    }
+}
+
+fn reply(json: &str) -> WebhookAnswer {
+    WebhookAnswer::Reply {
+        status: 200,
+        body: json.as_bytes().to_vec(),
+    }
+}
+
+const WEBHOOKS: &str = r"  request:
+    - name: scrub
+      action: mask
+      detectors: [email]
+    - name: house
+      scopes: [user, tool_call_arguments]
+      webhook: { url: 'http://127.0.0.1:9/check', timeout_ms: 700, api_key_env: HOUSE_TOKEN }
+    - name: moderation
+      when: llm.model == 'fast'
+      webhook:
+        format: openai_moderation
+        url: 'https://api.example.com/v1/moderations'
+        categories: [violence]
+";
+
+const TOOL_CHAT: &str = r#"{"model":"fast","messages":[
+    {"role":"system","content":"be brief"},
+    {"role":"user","content":"mail ann@example.com about mask-me"},
+    {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"to\":\"mask-me\",\"n\":3}"}}]}]}"#;
+
+#[test]
+fn webhooks_see_their_scopes_after_built_in_masks_and_can_mask_tool_arguments() {
+    let s = snapshot_with_env(WEBHOOKS, &[("HOUSE_TOKEN", "t0k")]);
+    assert_eq!(
+        s.guards.webhook_budget(&GuardSelection::all()),
+        Some(std::time::Duration::from_millis(1700))
+    );
+    let plan = forward(&s, LlmApi::ChatCompletions, TOOL_CHAT);
+    let (calls, outcome) = run_webhooks(&s, &plan, &|call| {
+        if call.guard.as_ref() == "house" {
+            let sent: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+            let masked: Vec<serde_json::Value> = sent["texts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    let text = t["text"].as_str().unwrap();
+                    if text.contains("mask-me") {
+                        serde_json::Value::from(text.replace("mask-me", "[x]"))
+                    } else {
+                        serde_json::Value::Null
+                    }
+                })
+                .collect();
+            reply(&serde_json::json!({"verdict": "mask", "texts": masked}).to_string())
+        } else {
+            reply(
+                r#"{"results":[{"flagged":false,"categories":{}},{"flagged":false,"categories":{}},{"flagged":false,"categories":{}},{"flagged":false,"categories":{}},{"flagged":false,"categories":{}}]}"#,
+            )
+        }
+    });
+    let outcome = outcome.unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    assert_eq!(calls.len(), 2);
+    let house: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+    assert_eq!(calls[0].authorization.as_deref(), Some("Bearer t0k"));
+    assert_eq!(calls[0].timeout, std::time::Duration::from_millis(700));
+    assert_eq!(house["guard"], "house");
+    assert_eq!(house["model"], "fast");
+    // Only the user text and the tool call's strings (keys too), the e-mail already masked.
+    assert_eq!(
+        house["texts"],
+        serde_json::json!([
+            {"location": "messages[1].content", "text": "mail [REDACTED:email] about mask-me"},
+            {"location": "messages[2].tool_calls[0].function.arguments", "text": "to"},
+            {"location": "messages[2].tool_calls[0].function.arguments", "text": "mask-me"},
+            {"location": "messages[2].tool_calls[0].function.arguments", "text": "n"},
+        ])
+    );
+    // The moderation call sees every scope: system, user, and the tool call's strings, as
+    // the house webhook left them.
+    let moderation: serde_json::Value = serde_json::from_slice(&calls[1].body).unwrap();
+    assert_eq!(moderation["model"], "omni-moderation-latest");
+    assert_eq!(
+        moderation["input"],
+        serde_json::json!([
+            "be brief",
+            "mail [REDACTED:email] about [x]",
+            "to",
+            "[x]",
+            "n"
+        ])
+    );
+    let body: serde_json::Value = serde_json::from_slice(&outcome.body.unwrap()).unwrap();
+    assert_eq!(
+        body["messages"][1]["content"],
+        "mail [REDACTED:email] about [x]"
+    );
+    let arguments: serde_json::Value = serde_json::from_str(
+        body["messages"][2]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(arguments, serde_json::json!({"to": "[x]", "n": 3}));
+    assert_eq!(body["model"], "mock-small");
+    assert_eq!(
+        hits_summary(&outcome.hits),
+        "house:webhook:mask@messages[1].content"
+    );
+    assert_eq!(outcome.hits[0].matches, 2, "two locations masked");
+}
+
+const SIMPLE_CHAT: &str =
+    r#"{"model":"fast","messages":[{"role":"user","content":"hello there"}]}"#;
+
+#[test]
+fn webhook_rejections_failures_and_shadow_mode() {
+    let guards = |extra: &str| {
+        format!(
+            "  request:\n    - name: house\n      {extra}\n      webhook: {{ url: 'http://127.0.0.1:9/check' }}\n"
+        )
+    };
+    // Reject: 400 with the webhook's reason and the text's location.
+    let s = snapshot_with_env(&guards("scopes: [user]"), &[]);
+    let plan = forward(&s, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    let (calls, outcome) = run_webhooks(&s, &plan, &|_| {
+        reply(r#"{"verdict":"reject","reason":"off topic","index":0}"#)
+    });
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].authorization, None);
+    let refusal = outcome.unwrap_err();
+    assert_eq!((refusal.status, refusal.details), (400, GUARD_REJECTED));
+    let json: serde_json::Value = serde_json::from_slice(&refusal.body).unwrap();
+    assert_eq!(
+        json["error"]["message"],
+        "request blocked by guard 'house': off topic (in messages[0].content)"
+    );
+    assert_eq!(json["error"]["param"], "messages[0].content");
+
+    // No verdict, failing closed (the default): 503 naming the guard and why.
+    for (answer, why) in [
+        (
+            WebhookAnswer::Failed("timed out after 1000 ms".into()),
+            "timed out after 1000 ms",
+        ),
+        (
+            WebhookAnswer::Reply {
+                status: 502,
+                body: b"bad gateway".to_vec(),
+            },
+            "it answered HTTP 502",
+        ),
+        (
+            reply(r#"{"verdict":"maybe"}"#),
+            "'maybe' is none of pass, mask, reject",
+        ),
+    ] {
+        let (_, outcome) = run_webhooks(&s, &plan, &|_| answer.clone());
+        let refusal = outcome.unwrap_err();
+        assert_eq!((refusal.status, refusal.details), (503, GUARD_UNAVAILABLE));
+        let json: serde_json::Value = serde_json::from_slice(&refusal.body).unwrap();
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("'house'") && message.contains(why) && !message.contains("127.0.0.1"),
+            "{message}"
+        );
+    }
+
+    // Failing open: forwarded unchanged, with a webhook_unavailable hit.
+    let s_open = snapshot_with_env(
+        "  request:\n    - name: house\n      webhook: { url: 'http://127.0.0.1:9/check', failure_mode: open }\n",
+        &[],
+    );
+    let plan = forward(&s_open, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    let (_, outcome) = run_webhooks(&s_open, &plan, &|_| {
+        WebhookAnswer::Failed("cannot connect".into())
+    });
+    let outcome = outcome.unwrap();
+    assert!(outcome.body.is_none());
+    assert_eq!(
+        hits_summary(&outcome.hits),
+        "house:webhook_unavailable:log@messages"
+    );
+
+    // Shadow (`action: log`): a reject or mask verdict is recorded, not obeyed; and a
+    // failure never refuses.
+    let s = snapshot_with_env(&guards("action: log"), &[]);
+    let plan = forward(&s, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    let (_, outcome) = run_webhooks(&s, &plan, &|_| reply(r#"{"verdict":"reject"}"#));
+    let outcome = outcome.unwrap();
+    assert!(outcome.body.is_none());
+    assert_eq!(hits_summary(&outcome.hits), "house:webhook:log@messages");
+    let (_, outcome) = run_webhooks(&s, &plan, &|_| {
+        reply(r#"{"verdict":"mask","texts":["changed"]}"#)
+    });
+    let outcome = outcome.unwrap();
+    assert!(outcome.body.is_none(), "a shadow guard changed the body");
+    assert_eq!(
+        hits_summary(&outcome.hits),
+        "house:webhook:log@messages[0].content"
+    );
+    let (_, outcome) = run_webhooks(&s, &plan, &|_| WebhookAnswer::Failed("x".into()));
+    assert!(outcome.is_ok());
+}
+
+#[test]
+fn a_webhook_with_nothing_in_its_scopes_is_not_called_and_a_missing_token_refuses() {
+    let s = snapshot_with_env(
+        "  request:\n    - name: tools-only\n      scopes: [tool_results]\n      webhook: { url: 'http://127.0.0.1:9/check' }\n",
+        &[],
+    );
+    let plan = forward(&s, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    let (calls, outcome) = run_webhooks(&s, &plan, &|_| panic!("called"));
+    assert!(calls.is_empty());
+    let outcome = outcome.unwrap();
+    assert!(outcome.body.is_none() && outcome.hits.is_empty());
+
+    let s = snapshot_with_env(
+        "  request:\n    - name: m\n      webhook: { url: 'http://127.0.0.1:9/check', api_key_env: NOT_SET_HERE }\n",
+        &[],
+    );
+    assert_eq!(
+        s.guards.webhook_guards()[0].missing_token(),
+        Some("NOT_SET_HERE")
+    );
+    let plan = forward(&s, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    let (calls, outcome) = run_webhooks(&s, &plan, &|_| panic!("called without its token"));
+    assert!(calls.is_empty());
+    let refusal = outcome.unwrap_err();
+    assert_eq!(refusal.status, 503);
+    assert!(String::from_utf8_lossy(&refusal.body).contains("NOT_SET_HERE is not set"));
+}
+
+#[test]
+fn when_conditions_turn_guards_on_per_request() {
+    let s = snapshot_with_env(
+        r#"  request:
+    - name: strict-for-fast
+      when: llm.model == 'fast' && !('trusted' in request.headers)
+      detectors: [email]
+    - name: hook
+      when: llm.message_count > 1
+      webhook: { url: 'http://127.0.0.1:9/check' }
+"#,
+        &[],
+    );
+    assert!(s.guards.is_conditional());
+    assert!(s.condition_uses().reads_request());
+    let mail = |model: &str| {
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"ann@example.com"}}]}}"#
+        )
+    };
+    // The guard runs for `fast` (the routed alias) and not for `slow`.
+    let (reply, _) = refused(&s, LlmApi::ChatCompletions, &mail("fast"));
+    assert_eq!(reply.details, GUARD_REJECTED);
+    let plan = forward(&s, LlmApi::ChatCompletions, &mail("slow"));
+    assert!(plan.guard_hits.is_empty());
+    // One message: the webhook's condition is false, so it has nothing to run.
+    assert_eq!(s.guards.webhook_budget(&plan.guard_selection), None);
+    assert!(s
+        .guards
+        .webhook_run(plan.api, "slow", &plan.body, &plan.guard_selection)
+        .is_none());
+    // A header the condition reads turns the guard off.
+    let caller = crate::governance::Caller::default();
+    let headers = vec![("trusted".to_string(), "1".to_string())];
+    let request = RequestContext {
+        caller: &caller,
+        method: "POST",
+        path: "/v1/chat/completions",
+        headers: &headers,
+    };
+    let plan = crate::openai_api::plan_forward_in(
+        &s,
+        LlmApi::ChatCompletions,
+        mail("fast").as_bytes(),
+        &request,
+    )
+    .expect("the trusted caller's request is forwarded");
+    assert!(plan.guard_hits.is_empty());
+    // Two messages: the webhook runs.
+    let two = r#"{"model":"slow","messages":[{"role":"system","content":"x"},{"role":"user","content":"y"}]}"#;
+    let plan = forward(&s, LlmApi::ChatCompletions, two);
+    assert!(s.guards.webhook_budget(&plan.guard_selection).is_some());
 }
