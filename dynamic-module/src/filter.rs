@@ -361,10 +361,11 @@ impl StreamFilter {
                 // Chunks may shrink when the usage is stripped.
                 stream.set_header(Side::Response, "content-length", None);
             }
-            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::new(
+            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::selected(
                 exchange.plan.api,
                 exchange.plan.usage_injected,
                 self.config.snapshot.guards.response_guards(),
+                &exchange.plan.guard_selection,
             )));
             abi::HEADERS_CONTINUE
         } else if content_type.starts_with("application/json") {
@@ -389,7 +390,11 @@ impl StreamFilter {
                 let body = stream.body(Side::Response);
                 let guards = self.config.snapshot.guards.response_guards();
                 if !guards.is_empty() {
-                    let verdict = guards.check_json(exchange.plan.api, &body);
+                    let verdict = guards.check_json_selected(
+                        exchange.plan.api,
+                        &body,
+                        &exchange.plan.guard_selection,
+                    );
                     if !verdict.hits().is_empty() {
                         let summary = gantry_policy::guard::hits_summary(verdict.hits());
                         stream.set_metadata_string(

@@ -679,10 +679,11 @@ impl HttpStream {
         let mode = if !success || headers.end_of_stream {
             None
         } else if content_type.starts_with("text/event-stream") {
-            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::new(
+            exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::selected(
                 exchange.plan.api,
                 exchange.plan.usage_injected,
                 self.snapshot.guards.response_guards(),
+                &exchange.plan.guard_selection,
             )));
             Some(BodySendMode::Streamed)
         } else if content_type.starts_with("application/json") {
@@ -736,7 +737,11 @@ impl HttpStream {
                 let mut body_mutation = None;
                 let guards = self.snapshot.guards.response_guards();
                 if !guards.is_empty() {
-                    let verdict = guards.check_json(exchange.plan.api, &body.body);
+                    let verdict = guards.check_json_selected(
+                        exchange.plan.api,
+                        &body.body,
+                        &exchange.plan.guard_selection,
+                    );
                     if !verdict.hits().is_empty() {
                         fields.push((
                             "response_guard_hits",

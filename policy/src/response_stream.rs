@@ -4,7 +4,7 @@
 //! [`ResponseStream::on_chunk`] and send what it returns.
 
 use crate::guard::response::{ResponseGuardStream, ResponseGuards};
-use crate::guard::GuardHit;
+use crate::guard::{GuardHit, GuardSelection};
 use crate::openai_api::LlmApi;
 use crate::usage::{ChunkOutput, StreamAccountant, Usage};
 
@@ -19,9 +19,24 @@ pub struct ResponseStream {
 impl ResponseStream {
     /// `strip_usage`: Gantry injected `include_usage`, so the client must not see the usage.
     pub fn new(api: LlmApi, strip_usage: bool, guards: &ResponseGuards) -> ResponseStream {
+        ResponseStream::selected(api, strip_usage, guards, &GuardSelection::all())
+    }
+
+    /// [`ResponseStream::new`] running only the response guards `selection` leaves on (the
+    /// request's [`ForwardPlan::guard_selection`](crate::ForwardPlan::guard_selection)).
+    pub fn selected(
+        api: LlmApi,
+        strip_usage: bool,
+        guards: &ResponseGuards,
+        selection: &GuardSelection,
+    ) -> ResponseStream {
+        let runs_any = guards
+            .names()
+            .enumerate()
+            .any(|(i, _)| selection.runs_response(i));
         ResponseStream {
             accountant: StreamAccountant::new(strip_usage),
-            guard: (!guards.is_empty()).then(|| guards.stream(api)),
+            guard: runs_any.then(|| guards.stream_selected(api, selection)),
             rejected: false,
         }
     }

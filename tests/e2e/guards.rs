@@ -11,6 +11,7 @@ use crate::{assert_openai_error, json_of, on_both_policy_paths, post, TwoProvide
 on_both_policy_paths!(
     guards_reject_mask_and_log_prompts,
     response_guards_mask_and_reject_replies_json_and_streamed,
+    guards_run_only_when_their_condition_holds,
 );
 
 const GUARDS: &str = r#"guards:
@@ -243,4 +244,60 @@ async fn response_guards_mask_and_reject_replies_json_and_streamed(path: PolicyP
     let (status, reply) = json_of(ask("all clear", false).await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(reply["choices"][0]["message"]["content"], "all clear");
+}
+
+/// `when` conditions: a request guard off for callers with a header, a response guard only for
+/// one model.
+async fn guards_run_only_when_their_condition_holds(path: PolicyPath) {
+    let t = TwoProviders::start_on(
+        path,
+        r#"guards:
+  request:
+    - name: strict-mail
+      when: "!('x-trusted' in request.headers)"
+      detectors: [email]
+  response:
+    - name: scrub-alpha
+      action: mask
+      when: llm.model == 'm-alpha'
+      detectors: [email]
+"#,
+    )
+    .await;
+    let url = t.stack.url("/v1/chat/completions");
+    let send = |model: &'static str, content: &'static str, trusted: bool| {
+        let url = url.clone();
+        async move {
+            let mut request = crate::http()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-mock-reply", "write to bob@example.com")
+                .body(
+                    serde_json::json!({
+                        "model": model,
+                        "messages": [{"role": "user", "content": content}],
+                    })
+                    .to_string(),
+                );
+            if trusted {
+                request = request.header("x-trusted", "1");
+            }
+            json_of(request.send().await.expect("request")).await
+        }
+    };
+    let (status, body) = send("m-alpha", "mail ann@example.com", false).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(assert_openai_error(&body, "guard_rejected").contains("'strict-mail'"));
+    let (status, body) = send("m-alpha", "mail ann@example.com", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "write to [REDACTED:email]",
+        "{body}"
+    );
+    let (status, body) = send("m-beta", "hello", false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "write to bob@example.com",
+        "the response guard ran although its when condition was false: {body}"
+    );
 }

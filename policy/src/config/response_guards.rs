@@ -45,6 +45,10 @@ pub struct ResponseGuardSection {
     /// `[REDACTED:pattern]` for patterns).
     #[serde(default)]
     pub mask_with: Option<Spanned<String>>,
+    /// A CEL condition over the request the reply answers (the variables of routing rules;
+    /// `llm.model` is the model the request was routed to): the guard runs only when it holds.
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
 }
 
 /// Checks `guards` (the list at `path`, e.g. `guards.response`) the way request guards are
@@ -76,6 +80,7 @@ pub fn validate_response_guards(
             &unavailable_for_responses,
             issues,
         );
+        super::guard_webhook::validate_when(guard.when.as_ref(), &path, issues);
         // What the snapshot will compile must compile: the parts together, too.
         if issues.len() == before {
             if let Err(e) = ResponseGuards::compile(std::slice::from_ref(guard)) {

@@ -558,6 +558,8 @@ pub struct GuardPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuardSelection {
     off: Vec<bool>,
+    /// The same for `guards.response`.
+    response_off: Vec<bool>,
 }
 
 impl GuardSelection {
@@ -569,6 +571,16 @@ impl GuardSelection {
     /// Whether guard `index` of `guards.request` runs.
     pub fn runs(&self, index: usize) -> bool {
         !self.off.get(index).copied().unwrap_or(false)
+    }
+
+    /// Whether guard `index` of `guards.response` runs on the reply.
+    pub fn runs_response(&self, index: usize) -> bool {
+        !self.response_off.get(index).copied().unwrap_or(false)
+    }
+
+    /// Whether every response guard runs.
+    pub fn all_responses(&self) -> bool {
+        !self.response_off.iter().any(|off| *off)
     }
 }
 
@@ -604,12 +616,17 @@ impl GuardPolicy {
         let scopes = request
             .iter()
             .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes));
-        let conditional =
-            request.iter().any(|g| g.when.is_some()) || webhooks.iter().any(|g| g.when.is_some());
+        let response = response::ResponseGuards::compile(&section.response)?;
+        for (_, _, when) in response.conditions() {
+            condition_uses.add(when);
+        }
+        let conditional = request.iter().any(|g| g.when.is_some())
+            || webhooks.iter().any(|g| g.when.is_some())
+            || response.conditions().next().is_some();
         Ok(GuardPolicy {
             request,
             webhooks,
-            response: response::ResponseGuards::compile(&section.response)?,
+            response,
             scopes,
             condition_uses,
             conditional,
@@ -657,7 +674,18 @@ impl GuardPolicy {
                 tracing::debug!(guard = %name, "guard skipped: its when condition does not hold");
             }
         }
-        GuardSelection { off }
+        let mut response_off = Vec::new();
+        for (index, name, when) in self.response.conditions() {
+            let what = format_args!("response guard '{name}' when");
+            if !holds(when, &context, &what) {
+                if response_off.len() <= index {
+                    response_off.resize(index + 1, false);
+                }
+                response_off[index] = true;
+                tracing::debug!(guard = %name, "response guard skipped: its when condition does not hold");
+            }
+        }
+        GuardSelection { off, response_off }
     }
 
     /// The longest the selected webhook guards can take (every call at its timeout), or

@@ -37,7 +37,11 @@ use regex::{Regex, RegexSet, RegexSetBuilder};
 
 pub use stream::{GuardedChunk, ResponseGuardStream, StreamRejection};
 
-use super::{compile_pattern, distinct_detectors, Detector, GuardError, GuardHit, GuardRule};
+use cel::Program;
+
+use super::{
+    compile_pattern, distinct_detectors, Detector, GuardError, GuardHit, GuardRule, GuardSelection,
+};
 use crate::config::response_guards::ResponseGuardSection;
 use crate::config::GuardAction;
 use crate::openai_api::{LlmApi, LocalReply};
@@ -118,6 +122,7 @@ struct CompiledGuard {
     rules: Range<usize>,
     /// Every rule's regex, to learn in one pass which rules can match a whole text at all.
     set: RegexSet,
+    when: Option<Program>,
 }
 
 impl fmt::Debug for ResponseGuards {
@@ -164,6 +169,20 @@ impl ResponseGuards {
     /// A scanner for one streamed (`text/event-stream`) answer to an `api` request.
     pub fn stream(&self, api: LlmApi) -> ResponseGuardStream {
         ResponseGuardStream::new(self.clone(), api)
+    }
+
+    /// [`ResponseGuards::stream`] running only the guards `selection` leaves on.
+    pub fn stream_selected(&self, api: LlmApi, selection: &GuardSelection) -> ResponseGuardStream {
+        ResponseGuardStream::selected(self.clone(), api, selection)
+    }
+
+    /// Each guard's `when` condition, with its index and name.
+    pub(super) fn conditions(&self) -> impl Iterator<Item = (usize, &str, &Program)> {
+        self.compiled
+            .guards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.when.as_ref().map(|w| (i, &*g.name, w)))
     }
 }
 
@@ -239,11 +258,19 @@ fn compile_guard(
             "its detectors and patterns together are too large to compile: {e}"
         ))
     })?;
+    let when = section
+        .when
+        .as_ref()
+        .map(|when| {
+            crate::routing::compile_condition(&when.value).map_err(|e| error(format!("when: {e}")))
+        })
+        .transpose()?;
     compiled.guards.push(CompiledGuard {
         name: Arc::from(name),
         action: section.action,
         rules: first..compiled.rules.len(),
         set,
+        when,
     });
     Ok(())
 }
@@ -269,11 +296,20 @@ struct TextScan {
 impl Compiled {
     /// Scans a complete text as request guards scan a prompt text: guards in order, the first
     /// `reject` hit stops, masks of all guards are applied together.
+    #[cfg(test)]
     fn scan_text(&self, text: &str) -> TextScan {
+        self.scan_text_selected(text, &GuardSelection::all())
+    }
+
+    /// [`Compiled::scan_text`] with only the guards `selection` leaves on.
+    fn scan_text_selected(&self, text: &str, selection: &GuardSelection) -> TextScan {
         let mut scan = TextScan::default();
         let mut masks: Vec<(Range<usize>, usize)> = Vec::new();
         let mut ranges = Vec::new();
         for (g, guard) in self.guards.iter().enumerate() {
+            if !selection.runs_response(g) {
+                continue;
+            }
             let candidates = guard.set.matches(text);
             if !candidates.matched_any() {
                 continue;

@@ -1010,3 +1010,89 @@ fn when_conditions_turn_guards_on_per_request() {
     let plan = forward(&s, LlmApi::ChatCompletions, two);
     assert!(s.guards.webhook_budget(&plan.guard_selection).is_some());
 }
+
+#[test]
+fn response_guards_run_when_their_condition_holds() {
+    let s = snapshot_with_env(
+        r"  response:
+    - name: no-mail-for-fast
+      action: mask
+      when: llm.model == 'fast'
+      detectors: [email]
+    - name: no-cards
+      action: reject
+      detectors: [credit_card]
+",
+        &[],
+    );
+    assert!(s.guards.is_conditional());
+    let reply = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"mail ann@example.com"}}]}"#;
+    let guards = s.guards.response_guards();
+    let fast = forward(&s, LlmApi::ChatCompletions, SIMPLE_CHAT);
+    assert!(fast.guard_selection.runs_response(0));
+    match guards.check_json_selected(LlmApi::ChatCompletions, reply, &fast.guard_selection) {
+        response::ResponseVerdict::Masked { body, .. } => {
+            assert!(String::from_utf8(body)
+                .unwrap()
+                .contains("[REDACTED:email]"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let slow = forward(
+        &s,
+        LlmApi::ChatCompletions,
+        &SIMPLE_CHAT.replace("\"fast\"", "\"slow\""),
+    );
+    assert!(!slow.guard_selection.runs_response(0) && slow.guard_selection.runs_response(1));
+    assert!(matches!(
+        guards.check_json_selected(LlmApi::ChatCompletions, reply, &slow.guard_selection),
+        response::ResponseVerdict::Unchanged { ref hits } if hits.is_empty()
+    ));
+    // Streams: the guard that is off holds nothing back and masks nothing; the one that is
+    // on still refuses.
+    let event = |text: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices":[{"index":0,"delta":{"content":text}}]})
+        )
+    };
+    let mut stream = crate::response_stream::ResponseStream::selected(
+        LlmApi::ChatCompletions,
+        false,
+        guards,
+        &slow.guard_selection,
+    );
+    let out = stream.on_chunk(event("mail ann@example.com").as_bytes(), false);
+    assert!(
+        matches!(out, crate::usage::ChunkOutput::Unchanged),
+        "{out:?}"
+    );
+    let out = stream.on_chunk(event(" card 4111 1111 1111 1111").as_bytes(), true);
+    let crate::usage::ChunkOutput::Replace(bytes) = out else {
+        panic!("the card went out")
+    };
+    assert!(String::from_utf8(bytes)
+        .unwrap()
+        .contains("response_guard_rejected"));
+    let mut stream = crate::response_stream::ResponseStream::selected(
+        LlmApi::ChatCompletions,
+        false,
+        guards,
+        &fast.guard_selection,
+    );
+    let mut seen = Vec::new();
+    for piece in ["mail ann@exa", "mple.com", " thanks"] {
+        if let crate::usage::ChunkOutput::Replace(bytes) =
+            stream.on_chunk(event(piece).as_bytes(), piece == " thanks")
+        {
+            seen.extend(bytes);
+        } else {
+            seen.extend(event(piece).into_bytes());
+        }
+    }
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(
+        seen.contains("[REDACTED:email]") && !seen.contains("ann@"),
+        "{seen}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Response guards over a whole JSON reply, and the surgical JSON rewrite that both the reply
 //! and rewritten stream events use.
 
+use crate::guard::GuardSelection;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -27,6 +28,16 @@ impl ResponseGuards {
     /// (see the [module docs](super) for the fields). A body that is not JSON, or has no
     /// such fields, is [`ResponseVerdict::Unchanged`] with no hits.
     pub fn check_json(&self, api: LlmApi, body: &[u8]) -> ResponseVerdict {
+        self.check_json_selected(api, body, &GuardSelection::all())
+    }
+
+    /// [`ResponseGuards::check_json`] with only the guards `selection` leaves on.
+    pub fn check_json_selected(
+        &self,
+        api: LlmApi,
+        body: &[u8],
+        selection: &GuardSelection,
+    ) -> ResponseVerdict {
         let unchanged = || ResponseVerdict::Unchanged { hits: Vec::new() };
         if self.is_empty() || api == LlmApi::Embeddings {
             return unchanged();
@@ -48,7 +59,7 @@ impl ResponseGuards {
         let mut hits = Vec::new();
         let mut edits: Vec<(Vec<Seg>, String)> = Vec::new();
         for text in texts {
-            let scan = compiled.scan_text(text.text);
+            let scan = compiled.scan_text_selected(text.text, selection);
             for found in &scan.hits {
                 let hit = compiled.hit(found, &text.location);
                 log_hit(&hit);

@@ -79,6 +79,8 @@ pub(super) struct ChannelScanner {
     /// Text before this absolute offset has been handed out.
     emitted: usize,
     cursors: Vec<Cursor>,
+    /// Rules this answer does not run (their guard's `when` did not hold); empty: none.
+    disabled: Vec<bool>,
     /// Every hit so far (for the hit counts).
     found: Vec<Found>,
     /// Mask ranges (absolute) not handed out yet, with their rule.
@@ -86,8 +88,15 @@ pub(super) struct ChannelScanner {
 }
 
 impl ChannelScanner {
+    #[cfg(test)]
     pub(super) fn new(rules: usize) -> ChannelScanner {
+        ChannelScanner::with_disabled(rules, Vec::new())
+    }
+
+    /// A scanner that skips the rules `disabled` marks (by rule index).
+    pub(super) fn with_disabled(rules: usize, disabled: Vec<bool>) -> ChannelScanner {
         ChannelScanner {
+            disabled,
             buf: String::new(),
             base: 0,
             emitted: 0,
@@ -138,6 +147,11 @@ impl ChannelScanner {
     ) -> Result<String, Rejection> {
         let end = self.end();
         for r in 0..compiled.rules.len() {
+            if self.disabled.get(r).copied().unwrap_or(false) {
+                // Holds nothing and finds nothing.
+                self.cursors[r].at = end;
+                continue;
+            }
             self.advance_rule(compiled, scratch, r, ended)?;
             if !ended && end - self.cursors[r].at > MAX_HELD_BYTES {
                 tracing::debug!(

@@ -35,6 +35,7 @@
 //!
 //! and [`GuardedChunk::rejected`] tells the adapter to drop the rest of the upstream body.
 
+use crate::guard::GuardSelection;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -111,6 +112,8 @@ pub struct ResponseGuardStream {
     /// False when there is nothing to do (no guards, or embeddings): chunks pass as they are.
     active: bool,
     scratch: Scratch,
+    /// Rules this answer does not run (see [`ChannelScanner::with_disabled`]).
+    disabled: Vec<bool>,
     framer: SseFramer,
     channels: Vec<Channel>,
     /// Choice-less events waiting behind held text.
@@ -143,7 +146,27 @@ impl Drop for ResponseGuardStream {
 
 impl ResponseGuardStream {
     pub fn new(guards: ResponseGuards, api: LlmApi) -> ResponseGuardStream {
-        let active = !guards.is_empty() && api != LlmApi::Embeddings;
+        ResponseGuardStream::selected(guards, api, &GuardSelection::all())
+    }
+
+    /// A stream that runs only the response guards `selection` leaves on.
+    pub fn selected(
+        guards: ResponseGuards,
+        api: LlmApi,
+        selection: &GuardSelection,
+    ) -> ResponseGuardStream {
+        let disabled: Vec<bool> = if selection.all_responses() {
+            Vec::new()
+        } else {
+            guards
+                .compiled
+                .rules
+                .iter()
+                .map(|rule| !selection.runs_response(rule.guard))
+                .collect()
+        };
+        let any_on = disabled.is_empty() || disabled.iter().any(|off| !off);
+        let active = !guards.is_empty() && api != LlmApi::Embeddings && any_on;
         let scratch = if active {
             guards.compiled.take_scratch()
         } else {
@@ -153,6 +176,7 @@ impl ResponseGuardStream {
             active,
             guards,
             scratch,
+            disabled,
             framer: SseFramer::new(),
             channels: Vec::new(),
             deferred: Vec::new(),
@@ -336,7 +360,10 @@ impl ResponseGuardStream {
             choice,
             field,
             location,
-            scanner: ChannelScanner::new(self.guards.compiled.rules.len()),
+            scanner: ChannelScanner::with_disabled(
+                self.guards.compiled.rules.len(),
+                self.disabled.clone(),
+            ),
             finished: false,
         });
         self.channels.len() - 1
