@@ -275,6 +275,7 @@ impl HttpStream {
         let run = snapshot.guards.webhook_run(
             plan.api,
             &plan.route.alias,
+            &self.caller,
             &plan.body,
             &plan.guard_selection,
         );
@@ -313,7 +314,8 @@ impl HttpStream {
                 self.caller = caller_from_metadata(
                     message.metadata_context.as_ref(),
                     self.snapshot.governance.is_some()
-                        || self.snapshot.condition_uses().reads_caller(),
+                        || self.snapshot.condition_uses().reads_caller()
+                        || !self.snapshot.guards.webhook_guards().is_empty(),
                 );
                 self.on_request_headers(&headers)
             }

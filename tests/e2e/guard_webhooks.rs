@@ -255,3 +255,52 @@ guards:
     );
     assert!(guard.recorded().is_empty() && provider.recorded().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_guard_is_told_who_is_calling() {
+    const KEY: &str = "gk-webhook-caller-test-key";
+    let provider = start_mock("alpha", None).await;
+    let guard = start_mock("guard", None).await;
+    let ports = StackPorts::free();
+    let auth_port = gantry_testkit::free_ports(1)[0];
+    let yaml = format!(
+        r#"{head}providers:
+  - {{ name: alpha, kind: openai, endpoint: {provider} }}
+models:
+  - {{ name: m-alpha, provider: alpha, model: alpha-1 }}
+auth:
+  listen: 127.0.0.1:{auth_port}
+  api_keys:
+    - {{ name: alice-key, hash: '{hash}', user: alice, team: research }}
+guards:
+  request:
+    - name: house-policy
+      webhook: {{ url: {guard}/gantry/guard }}
+"#,
+        head = ports.config_head(),
+        provider = provider.base_url(),
+        guard = guard.base_url(),
+        hash = gantry_policy::auth::api_keys::KeyHash::of(KEY),
+    );
+    let stack = start_stack(ports, yaml, Vec::new()).await;
+    let response = crate::http()
+        .post(stack.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(chat("m-alpha", "hello", None))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = guard.recorded();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let sent = calls[0].json().unwrap();
+    assert_eq!(
+        sent["caller"],
+        serde_json::json!({"method": "api_key", "subject": "alice", "team": "research", "key": "alice-key"}),
+        "{sent}"
+    );
+    // The client's credential is not passed on to the webhook.
+    assert_eq!(calls[0].header("authorization"), None);
+}

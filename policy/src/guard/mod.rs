@@ -706,6 +706,7 @@ impl GuardPolicy {
         &self,
         api: LlmApi,
         model: &str,
+        caller: &crate::governance::Caller,
         body: &[u8],
         selection: &GuardSelection,
     ) -> Option<WebhookRun<'_>> {
@@ -714,7 +715,7 @@ impl GuardPolicy {
             .iter()
             .filter(|g| selection.runs(g.index))
             .collect();
-        WebhookRun::new(guards, api, model, body)
+        WebhookRun::new(guards, api, model, caller, body)
     }
 
     /// A policy that refuses every LLM request: for a section that failed to compile.

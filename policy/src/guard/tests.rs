@@ -698,9 +698,15 @@ fn run_webhooks(
     answer: &dyn Fn(&WebhookCall) -> WebhookAnswer,
 ) -> (Vec<WebhookCall>, Result<WebhookOutcome, LocalReply>) {
     let mut calls = Vec::new();
+    let caller = crate::governance::Caller {
+        method: Some("api_key".into()),
+        subject: Some("alice".into()),
+        ..Default::default()
+    };
     let Some(mut run) = s.guards.webhook_run(
         plan.api,
         &plan.route.alias,
+        &caller,
         &plan.body,
         &plan.guard_selection,
     ) else {
@@ -792,6 +798,10 @@ fn webhooks_see_their_scopes_after_built_in_masks_and_can_mask_tool_arguments() 
     assert_eq!(calls[0].timeout, std::time::Duration::from_millis(700));
     assert_eq!(house["guard"], "house");
     assert_eq!(house["model"], "fast");
+    assert_eq!(
+        house["caller"],
+        serde_json::json!({"method": "api_key", "subject": "alice", "team": null, "key": null})
+    );
     // Only the user text and the tool call's strings (keys too), the e-mail already masked.
     assert_eq!(
         house["texts"],
@@ -986,7 +996,13 @@ fn when_conditions_turn_guards_on_per_request() {
     assert_eq!(s.guards.webhook_budget(&plan.guard_selection), None);
     assert!(s
         .guards
-        .webhook_run(plan.api, "slow", &plan.body, &plan.guard_selection)
+        .webhook_run(
+            plan.api,
+            "slow",
+            &crate::governance::Caller::default(),
+            &plan.body,
+            &plan.guard_selection,
+        )
         .is_none());
     // A header the condition reads turns the guard off.
     let caller = crate::governance::Caller::default();

@@ -11,10 +11,12 @@
 //!
 //! ```json
 //! {"guard": "house-policy", "api": "chat_completions", "model": "fast",
+//!  "caller": {"method": "api_key", "subject": "alice", "team": "search", "key": "alice-key"},
 //!  "texts": [{"location": "messages[1].content", "text": "..."}]}
 //! ```
 //!
-//! `texts` are the prompt texts in the guard's scopes, in document order (the strings of
+//! `caller` is who sent the request, as authentication found it (each field `null` when unknown
+//! or for anonymous requests). `texts` are the prompt texts in the guard's scopes, in document order (the strings of
 //! tool-call arguments one by one, sharing a location). The service answers 2xx with one of
 //!
 //! ```json
@@ -50,6 +52,7 @@ use super::{GuardHit, GuardRule, ScopeSet, GUARD_REJECTED, GUARD_UNAVAILABLE};
 use crate::config::{
     FailureMode, GuardAction, RequestGuardSection, WebhookFormat, DEFAULT_MODERATION_MODEL,
 };
+use crate::governance::Caller;
 use crate::json_object::RawObject;
 use crate::openai_api::{LlmApi, LocalReply};
 
@@ -185,6 +188,8 @@ pub struct WebhookRun<'p> {
     next: usize,
     api: LlmApi,
     model: String,
+    /// The caller as `format: gantry` calls describe it.
+    caller: Value,
     body: RawObject,
     changed: bool,
     hits: Vec<GuardHit>,
@@ -205,6 +210,7 @@ impl<'p> WebhookRun<'p> {
         guards: Vec<&'p WebhookGuard>,
         api: LlmApi,
         model: &str,
+        caller: &Caller,
         body: &[u8],
     ) -> Option<WebhookRun<'p>> {
         if guards.is_empty() {
@@ -217,6 +223,12 @@ impl<'p> WebhookRun<'p> {
             next: 0,
             api,
             model: model.to_string(),
+            caller: json!({
+                "method": caller.method,
+                "subject": caller.subject,
+                "team": caller.team,
+                "key": caller.key,
+            }),
             body,
             changed: false,
             hits: Vec::new(),
@@ -246,6 +258,7 @@ impl<'p> WebhookRun<'p> {
                     "guard": &*guard.name,
                     "api": self.api.name(),
                     "model": self.model,
+                    "caller": self.caller,
                     "texts": texts
                         .iter()
                         .map(|t| json!({"location": t.location, "text": t.text}))
