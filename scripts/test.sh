@@ -36,6 +36,10 @@ cargo build --quiet -p gantry-dynamic-module
 ./target/debug/gantry-bench --scenario module --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-module-smoke.log 2>&1 \
   || { cat target/bench-module-smoke.log; echo "module benchmark smoke run failed" >&2; exit 1; }
 echo "module benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-module-smoke.log) rounds, 0 errors)"
+echo "== guards benchmark smoke run (debug build; request guards in process, response guards on a stream)"
+./target/debug/gantry-bench --scenario guards --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-guards-smoke.log 2>&1 \
+  || { cat target/bench-guards-smoke.log; echo "guards benchmark smoke run failed" >&2; exit 1; }
+echo "guards benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-guards-smoke.log) rounds, 0 errors)"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \

@@ -1,7 +1,8 @@
 //! The gateways requests go through: plain Envoy (the baseline), `gantry run`, `gantry run`
 //! with an `auth` section (ext_authz on the path), `gantry run` with a `governance` section
-//! on the embedded store or on a Redis started here, and `gantry run --mode module` (the policy
-//! in Envoy's dynamic module); plus the helpers that start processes.
+//! on the embedded store or on a Redis started here, `gantry run --mode module` (the policy
+//! in Envoy's dynamic module) and `gantry run` with response guards; plus the helpers that start
+//! processes.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use gantry_testkit::{
 
 use crate::auth::{self, Credentials};
 use crate::budgets::{self, Store};
+use crate::guards;
 use crate::{ALIAS, CHAT_PATH, GANTRY_LOG_FILTER, UPSTREAM_MODEL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub enum Gateway {
     GantryBudgetRedis,
     /// `gantry run --mode module`: gantry's config, the policy in Envoy's dynamic module.
     GantryModule,
+    /// gantry's config plus the `guards.response` section of [`guards::response_guards_section`].
+    GantryResponseGuards,
 }
 
 impl Gateway {
@@ -39,6 +43,7 @@ impl Gateway {
             Gateway::GantryBudgetEmbedded => "gantry+budget-embedded",
             Gateway::GantryBudgetRedis => "gantry+budget-redis",
             Gateway::GantryModule => "gantry-module",
+            Gateway::GantryResponseGuards => "gantry+response-guards",
         }
     }
 
@@ -51,6 +56,7 @@ impl Gateway {
             Gateway::GantryBudgetEmbedded => "gantry_budget_embedded",
             Gateway::GantryBudgetRedis => "gantry_budget_redis",
             Gateway::GantryModule => "gantry_module",
+            Gateway::GantryResponseGuards => "gantry_response_guards",
         }
     }
 
@@ -62,7 +68,8 @@ impl Gateway {
             | Gateway::GantryAuth
             | Gateway::GantryBudgetEmbedded
             | Gateway::GantryBudgetRedis
-            | Gateway::GantryModule => UPSTREAM_MODEL,
+            | Gateway::GantryModule
+            | Gateway::GantryResponseGuards => UPSTREAM_MODEL,
         }
     }
 
@@ -76,13 +83,14 @@ impl Gateway {
 }
 
 /// The gateways, running side by side for the whole benchmark (`gantry+auth`, the budget
-/// gateways and `gantry-module` only when a scenario needs them).
+/// gateways, `gantry-module` and `gantry+response-guards` only when a scenario needs them).
 pub struct Gateways {
     baseline: BaselineEnvoy,
     gantry: GantryStack,
     gantry_auth: Option<GantryStack>,
     budgets: Option<BudgetGateways>,
     gantry_module: Option<GantryStack>,
+    gantry_response_guards: Option<GantryStack>,
 }
 
 /// gantry+budget-embedded and gantry+budget-redis, and their stores.
@@ -99,14 +107,15 @@ impl Gateways {
     /// Starts the baseline and gantry, gantry+auth when `credentials` are given, with
     /// `budgets` a Redis server and the two budget gateways, and with `module` (the dynamic
     /// module library next to `gantry_bin`, see [`locate_module`]) gantry-module, checked to
-    /// run the policy in Envoy (see [`check_module_stack`]). Prints where each runs and
-    /// gantry's configs.
+    /// run the policy in Envoy (see [`check_module_stack`]), and with `response_guards`
+    /// gantry+response-guards. Prints where each runs and gantry's configs.
     pub async fn start(
         gantry_bin: &Path,
         upstream: SocketAddr,
         credentials: Option<&Credentials>,
         budgets: bool,
         module: Option<&Path>,
+        response_guards: bool,
     ) -> anyhow::Result<Gateways> {
         let baseline = BaselineEnvoy::start(upstream).await?;
         println!("baseline:    plain Envoy at {}", baseline.url);
@@ -159,13 +168,38 @@ impl Gateways {
             }
             None => None,
         };
+        let gantry_response_guards = if response_guards {
+            let (stack, config) = start_gantry(
+                gantry_bin,
+                upstream,
+                Extra::ResponseGuards,
+                PolicyPath::ExtProc,
+            )
+            .await?;
+            println!(
+                "gantry+response-guards: gantry run at {} (response guards over every reply, \
+                 SSE streams included), config:\n{}",
+                stack.url(CHAT_PATH),
+                indent(&config)
+            );
+            Some(stack)
+        } else {
+            None
+        };
         Ok(Gateways {
             baseline,
             gantry,
             gantry_auth,
             budgets,
             gantry_module,
+            gantry_response_guards,
         })
+    }
+
+    fn gantry_response_guards(&self) -> &GantryStack {
+        self.gantry_response_guards
+            .as_ref()
+            .expect("the gantry+response-guards gateway runs whenever a scenario uses it")
     }
 
     fn gantry_module(&self) -> &GantryStack {
@@ -194,6 +228,7 @@ impl Gateways {
             Gateway::GantryBudgetEmbedded => self.budgets().embedded.url(CHAT_PATH),
             Gateway::GantryBudgetRedis => self.budgets().redis_gateway.url(CHAT_PATH),
             Gateway::GantryModule => self.gantry_module().url(CHAT_PATH),
+            Gateway::GantryResponseGuards => self.gantry_response_guards().url(CHAT_PATH),
         }
     }
 
@@ -216,6 +251,13 @@ impl Gateways {
                     .gantry_module
                     .as_mut()
                     .expect("the gantry-module gateway runs whenever a scenario uses it")
+                    .process
+            }
+            Gateway::GantryResponseGuards => {
+                &mut self
+                    .gantry_response_guards
+                    .as_mut()
+                    .expect("the gantry+response-guards gateway runs whenever a scenario uses it")
                     .process
             }
         }
@@ -472,6 +514,8 @@ enum Extra<'a> {
     Auth(&'a Credentials),
     /// The budgets and rate limit of [`budgets::governance_section`] on this store.
     Governance(Store<'a>),
+    /// The response guards of [`guards::response_guards_section`].
+    ResponseGuards,
 }
 
 /// `gantry run` in front of the mock, with the `bench` alias and `extra`, the policy on `path`
@@ -500,6 +544,7 @@ async fn start_gantry(
             },
         ),
         Extra::Governance(store) => budgets::governance_section(store),
+        Extra::ResponseGuards => guards::response_guards_section().to_owned(),
     };
     let yaml = gantry_config(&ports, upstream, &extra);
     let gantry_bin = gantry_bin.to_path_buf();

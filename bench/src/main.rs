@@ -1,7 +1,7 @@
 //! `gantry-bench`: the latency and throughput that Gantry's ext_proc, ext_authz and budget
 //! checks add to Envoy, measured against plain Envoy in the same run, the same for Gantry's
-//! policy in Envoy's dynamic module, the raw decision rate of the ext_authz server, and what
-//! the MCP bridge adds to an MCP server.
+//! policy in Envoy's dynamic module, the raw decision rate of the ext_authz server, what the
+//! MCP bridge adds to an MCP server, and what request and response guards cost.
 //!
 //! Usage (scripts/setup.sh must have installed Envoy; `ENVOY_BIN` overrides its path):
 //!
@@ -93,6 +93,31 @@
 //! it would add some 2.5 minutes (8 pairs of rounds) and need the Python venv, for a feature that
 //! is off unless configured.
 //!
+//! `--scenario guards` (not in `all` either) measures Gantry's guards in two parts (details in
+//! `guards.rs`). First, in this process and without Envoy, what request guards cost per KiB of
+//! prompt: `gantry_policy::plan_forward_in` (the call ext_proc and the dynamic module make for a
+//! buffered request body, with ext_proc's inputs) on two snapshots compiled from config text
+//! with gantry's provider and alias, one without a `guards` section and one with three guards
+//! that only log or mask (every PII and secret detector plus `high_entropy`;
+//! `prompt_injection`; two operator patterns), for chat bodies whose user message is English
+//! prose of 1, 16 and 256 KiB with no detector hits (checked). Per size, unguarded and guarded
+//! batches alternate `--rounds` times on one blocking thread (the gateways idle), each timing
+//! calls one by one for `--seconds / --rounds` (at least 5 calls); it prints the median µs per
+//! call of each, guarded − unguarded, that per KiB of user message, and the ratio. Second, the
+//! time to first token that response guards add to a stream: the stream request through
+//! baseline, gantry and gantry+response-guards (gantry with a `guards.response` section that
+//! masks `email`, `secrets` and one pattern), the mock steered by `x-mock-reply`,
+//! `x-mock-chunks` and `x-mock-chunk-delay-ms` to stream a fixed 209-byte reply in 48 content
+//! events 2 ms apart, cut inside words the way tokenizers cut text. Per request it takes the
+//! time to the first SSE event (the role event), to the first event with content (TTFT) and
+//! to `[DONE]`, and checks the streamed text is the reply, complete and unmasked. Rounds
+//! alternate the three gateways; it prints median p50/p99 TTFT and total per gateway, gantry −
+//! baseline and gantry+response-guards − gantry. Probes first check that the guarded snapshot
+//! logs an address and masks the pattern in a probe prompt, and that a reply with an address
+//! and the pattern comes back masked through gantry+response-guards and unchanged through gantry
+//! and the baseline. It is not in `all` because it would add some 1.5 minutes (6 batches of `--seconds` in process and
+//! 3 gateways' rounds) for features that are off unless configured.
+//!
 //! `decisions` (part of `--scenario authz` and `all`, or alone with `--scenario decisions`)
 //! drives the ext_authz gRPC server directly, without Envoy: `gantry serve` runs as a separate
 //! process (sharing the machine's CPUs with this client), and `--concurrency` HTTP/2
@@ -114,6 +139,10 @@
 //! `decisions.kinds.<kind>.decisions_per_s`, ...).
 //! With `--scenario mcp` the JSON line has `mcp.cases.<method>_<era>` (`tools_list_stateless`,
 //! `tools_call_handshake`, ...) with `direct`, `bridge`, `added_*` and `throughput_ratio`.
+//! With `--scenario guards` it has `scenarios.guards.prompt.sizes.<n>kib` (`unguarded` and
+//! `guarded` `median_us`, `added_us`, `added_us_per_kib`, `ratio`) and `scenarios.guards.stream`
+//! (`ttft`, `first_event` and `total` per gateway, `response_guards_minus_gantry`
+//! `.added_ttft_p50_us`, ...).
 //! Any failed request, and any decision that is not an allow, is reported loudly and makes the
 //! exit status 1.
 
@@ -121,12 +150,14 @@ mod auth;
 mod budgets;
 mod decisions;
 mod gateways;
+mod guards;
 mod load;
 mod mcp;
 mod mcp_wire;
 mod report;
 mod stats;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -140,6 +171,7 @@ use gantry_testkit::loopback;
 use auth::Credentials;
 use decisions::AuthzServers;
 use gateways::{blocking, logs_tail, Gateway, Gateways};
+use guards::{GuardResults, PromptBench};
 use load::{probe, run_round, Job, RequestBodies, Scenario};
 use mcp::McpBench;
 use report::{
@@ -183,7 +215,10 @@ and with an initialize handshake, through Envoy to `gantry run`'s MCP bridge fed
 fixture servers, and straight to the slowest of them, and prints what the bridge adds. Scenario
 `module` (not in `all`) sends the chat and the stream request through plain Envoy, `gantry run
 --mode module` (the policy in Envoy's dynamic module, no ext_proc server) and `gantry run`
-(ext_proc), and prints what each adds and the module against ext_proc. Ends with one JSON line
+(ext_proc), and prints what each adds and the module against ext_proc. Scenario `guards` (not in
+`all`) times request guards in process per KiB of prompt (1, 16 and 256 KiB), then streams
+through plain Envoy, `gantry run` and `gantry run` with response guards and prints the TTFT
+each adds. Ends with one JSON line
 with every number. Exits 1 if any request failed or any decision was not an allow.";
 
 /// Measures what Gantry's ext_proc, ext_authz and budget checks (and its policy in Envoy's
@@ -231,6 +266,9 @@ enum ScenarioChoice {
     /// The chat and the stream request: baseline vs gantry-module (the policy in Envoy's
     /// dynamic module) vs gantry (ext_proc) (not part of `all`; needs libgantry.so).
     Module,
+    /// Request guards' cost per KiB of prompt (in process), and the TTFT response guards add
+    /// to a stream: baseline vs gantry vs gantry with response guards (not part of `all`).
+    Guards,
     /// chat, stream, authz and the decision rate (not budgets, mcp or module).
     All,
 }
@@ -242,7 +280,7 @@ impl ScenarioChoice {
             ScenarioChoice::Chat => vec![Scenario::Chat],
             ScenarioChoice::Stream => vec![Scenario::Stream],
             ScenarioChoice::Authz => vec![Scenario::Authz],
-            ScenarioChoice::Decisions | ScenarioChoice::Mcp => Vec::new(),
+            ScenarioChoice::Decisions | ScenarioChoice::Mcp | ScenarioChoice::Guards => Vec::new(),
             ScenarioChoice::Budgets => vec![Scenario::Budgets],
             ScenarioChoice::Module => vec![Scenario::ModuleChat, Scenario::ModuleStream],
             ScenarioChoice::All => vec![Scenario::Chat, Scenario::Stream, Scenario::Authz],
@@ -272,6 +310,9 @@ struct Settings {
     /// The dynamic module gantry-module loads (`libgantry.so` next to the gantry binary), when
     /// a scenario goes through gantry-module.
     module: Option<PathBuf>,
+    /// Request guards in process, then streams through baseline, gantry and
+    /// gantry+response-guards.
+    guards: bool,
 }
 
 impl Settings {
@@ -312,8 +353,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         decisions: args.scenario.decisions(),
         mcp,
         module,
+        guards: args.scenario == ScenarioChoice::Guards,
     };
-    let envoy_bin = if settings.scenarios.is_empty() && !settings.mcp {
+    let envoy_bin = if settings.scenarios.is_empty() && !settings.mcp && !settings.guards {
         None
     } else {
         Some(gateways::locate_envoy()?)
@@ -334,6 +376,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             },
         ))
         .context("cannot start the mock provider")?;
+    let upstream = mock.addr();
 
     let load_runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("load")
@@ -342,7 +385,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .context("cannot start the load generator's runtime")?;
     let outcome = load_runtime.block_on(async {
         tokio::select! {
-            outcome = bench(&settings, &mock, &gantry_bin, envoy_bin.as_deref()) => outcome,
+            outcome = bench(&settings, &mock, upstream, &gantry_bin, envoy_bin.as_deref()) => outcome,
             signal = stop_signal() => Err(anyhow!("interrupted by {signal}; Envoy and gantry were stopped")),
         }
     });
@@ -367,9 +410,11 @@ async fn stop_signal() -> &'static str {
     }
 }
 
+/// `upstream` is where the gateways reach the mock.
 async fn bench(
     settings: &Settings,
     mock: &MockProvider,
+    upstream: SocketAddr,
     gantry_bin: &Path,
     envoy_bin: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -387,17 +432,26 @@ async fn bench(
     let budgets_scenario = settings.scenarios.contains(&Scenario::Budgets);
     // Everything starts and is probed before anything is measured, so that a broken setup
     // fails in seconds.
-    let mut gateways = if settings.scenarios.is_empty() {
+    let prompt_bench = if settings.guards {
+        let prompt_bench =
+            blocking("prepare the request guard snapshots", PromptBench::prepare).await??;
+        prompt_bench.print_setup();
+        Some(Arc::new(prompt_bench))
+    } else {
+        None
+    };
+    let mut gateways = if settings.scenarios.is_empty() && !settings.guards {
         None
     } else {
         let credentials = credentials.as_ref().filter(|_| authz_scenario);
         Some(
             Gateways::start(
                 gantry_bin,
-                mock.addr(),
+                upstream,
                 credentials,
                 budgets_scenario,
                 settings.module.as_deref(),
+                settings.guards,
             )
             .await?,
         )
@@ -414,7 +468,10 @@ async fn bench(
         None
     };
 
-    if let Some(gateways) = &mut gateways {
+    if let (Some(gateways), true) = (&mut gateways, settings.guards) {
+        guards::probe_stream(mock, gateways, &bodies).await?;
+    }
+    if let (Some(gateways), false) = (&mut gateways, settings.scenarios.is_empty()) {
         for &scenario in &settings.scenarios {
             for &gateway in scenario.gateways() {
                 let job = job(scenario, gateways, gateway, &bodies, credentials.as_ref());
@@ -501,6 +558,23 @@ async fn bench(
             });
         }
     }
+    let guard_results = match (&prompt_bench, &mut gateways) {
+        (Some(prompt_bench), Some(gateways)) => {
+            println!(
+                "guards per KiB of prompt: plan_forward_in in this process (one blocking thread; \
+                 the gateways idle), unguarded and guarded batches alternating"
+            );
+            let (seconds, rounds) = (settings.seconds, settings.rounds);
+            let prompt_bench = Arc::clone(prompt_bench);
+            let prompt = blocking("time plan_forward_in", move || {
+                prompt_bench.measure(seconds, rounds)
+            })
+            .await?;
+            let stream = guards::measure_stream(settings, mock, gateways, &bodies).await?;
+            Some(GuardResults { prompt, stream })
+        }
+        _ => None,
+    };
     let mcp_results = match &mut mcp {
         Some(mcp) => Some(mcp.measure(settings).await?),
         None => None,
@@ -521,6 +595,9 @@ async fn bench(
     for result in &results {
         result.print(settings);
     }
+    if let Some(guard_results) = &guard_results {
+        guard_results.print(settings);
+    }
     if let Some(mcp_results) = &mcp_results {
         mcp_results.print(settings);
     }
@@ -531,6 +608,7 @@ async fn bench(
         scenarios: &results,
         decisions: decisions.as_ref(),
         mcp: mcp_results.as_ref(),
+        guards: guard_results.as_ref(),
     };
     let errors = measured.errors();
     if errors > 0 {

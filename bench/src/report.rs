@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::decisions::DecisionResults;
 use crate::gateways::Gateway;
+use crate::guards::{self, GuardResults, PROMPT_KIB, STREAM_CHUNKS, STREAM_CHUNK_DELAY_MS};
 use crate::load::{RequestBodies, Scenario};
 use crate::mcp::{McpResults, UPSTREAMS};
 use crate::mcp_wire::{ECHO_TEXT, HANDSHAKE_VERSION, STATELESS_VERSION};
@@ -225,7 +226,11 @@ pub fn print_header(
     let module = settings.scenarios.iter().any(|s| s.module());
     println!(
         "{}",
-        if settings.mcp {
+        if settings.guards {
+            "gantry-bench: the cost of Gantry's request guards per KiB of prompt (in process) and \
+             the TTFT its response guards add to a stream, against gantry without guards and \
+             plain Envoy in the same run"
+        } else if settings.mcp {
             "gantry-bench: the cost of Gantry's MCP bridge, against the MCP server alone in the \
              same run"
         } else if module {
@@ -267,6 +272,9 @@ pub fn print_header(
     if settings.decisions {
         measured.push("decisions");
     }
+    if settings.guards {
+        measured.push("guards");
+    }
     println!(
         "load:     {} connections x 1 request (or Check call) in flight, {} s warm-up + {} s per \
          round, {} rounds per gateway (or decision kind), alternating; measured: {}",
@@ -282,6 +290,18 @@ pub fn print_header(
              module-chat) / {} bytes (stream, module-stream)",
             bodies.chat.len(),
             bodies.stream.len()
+        );
+    }
+    if settings.guards {
+        let sizes: Vec<String> = PROMPT_KIB.iter().map(|kib| format!("{kib} KiB")).collect();
+        println!(
+            "guards:   request guards timed in process (plan_forward_in, prompts of {}); then \
+             POST {CHAT_PATH}, model '{ALIAS}', {} bytes, \"stream\": true, through baseline vs \
+             gantry vs gantry+response-guards, the mock streaming {STREAM_CHUNKS} content events \
+             {STREAM_CHUNK_DELAY_MS} ms apart ({} bytes of text)",
+            sizes.join(", "),
+            bodies.stream.len(),
+            guards::STREAM_REPLY.len()
         );
     }
     if settings.scenarios.contains(&Scenario::Authz) {
@@ -331,6 +351,7 @@ pub struct Measured<'a> {
     pub scenarios: &'a [ScenarioResult],
     pub decisions: Option<&'a DecisionResults>,
     pub mcp: Option<&'a McpResults>,
+    pub guards: Option<&'a GuardResults>,
 }
 
 impl Measured<'_> {
@@ -342,6 +363,7 @@ impl Measured<'_> {
             .sum::<u64>()
             + self.decisions.map_or(0, DecisionResults::errors)
             + self.mcp.map_or(0, McpResults::errors)
+            + self.guards.map_or(0, GuardResults::errors)
     }
 }
 
@@ -351,6 +373,7 @@ pub fn print_error_banner(errors: u64, measured: &Measured<'_>) {
         scenarios: results,
         decisions,
         mcp,
+        guards,
     } = *measured;
     let bar = "!".repeat(96);
     println!("{bar}");
@@ -370,7 +393,9 @@ pub fn print_error_banner(errors: u64, measured: &Measured<'_>) {
             }
         }
     }
-    for (what, errors, first) in mcp.map(McpResults::failures).unwrap_or_default() {
+    let guard_failures = guards.map(GuardResults::failures).unwrap_or_default();
+    let mcp_failures = mcp.map(McpResults::failures).unwrap_or_default();
+    for (what, errors, first) in guard_failures.into_iter().chain(mcp_failures) {
         println!(
             "!!   {what}: {errors} errors; first: {}",
             first.unwrap_or("?")
@@ -397,6 +422,7 @@ pub fn report_json(
         scenarios: results,
         decisions,
         mcp,
+        guards,
     } = *measured;
     let mut scenarios = Map::new();
     for result in results {
@@ -414,6 +440,9 @@ pub fn report_json(
             }
         }
     }
+    if let Some(guards) = guards {
+        scenarios.insert("guards".to_owned(), guards.to_json());
+    }
     json!({
         "bench": "gantry-bench",
         "command": command,
@@ -427,7 +456,7 @@ pub fn report_json(
         "seconds_per_round": settings.seconds.as_secs(),
         "rounds": settings.rounds,
         "body_bytes": { "chat": bodies.chat.len(), "stream": bodies.stream.len() },
-        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; module.chat and module.stream also: gantry_module - baseline, gantry_module - gantry; mcp: bridge - direct; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
+        "statistic": "per gateway (and decision kind), the median across rounds of each round's mean/p50/p99 latency and req/s (decisions/s); added = gantry - baseline (authz also: gantry_auth - baseline, gantry_auth - gantry; budgets also: budget_embedded - gantry, budget_redis - gantry; module.chat and module.stream also: gantry_module - baseline, gantry_module - gantry; mcp: bridge - direct; guards.prompt: per size the median across batches of each batch's median µs per plan_forward_in call, added = guarded - unguarded, added_us_per_kib per KiB of user message, ratio guarded/unguarded; guards.stream: ttft/first_event/total per gateway, gantry_minus_baseline and response_guards_minus_gantry; decisions: jwt - api_key, api_key_rules - api_key); throughput_ratio (rate_ratio) = the same rates divided",
         "scenarios": scenarios,
         "decisions": decisions.map(DecisionResults::to_json),
         "mcp": mcp.map(McpResults::to_json),

@@ -183,6 +183,12 @@ impl MockProvider {
         let app = handler::router(Arc::clone(&shared));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            // Small SSE events must not wait for delayed ACKs (a real provider's do not).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "mock provider: TCP_NODELAY not set");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     // Either an explicit signal or the sender being dropped.
