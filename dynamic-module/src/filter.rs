@@ -593,8 +593,15 @@ impl StreamFilter {
         );
         let route = &plan.route;
         stream.set_header(Side::Request, ROUTING_HEADER, Some(&route.provider.name));
-        stream.set_header(Side::Request, "x-api-key", None);
-        stream.set_header(Side::Request, "authorization", plan.authorization());
+        for name in ForwardPlan::CLIENT_CREDENTIAL_HEADERS {
+            stream.set_header(Side::Request, name, None);
+        }
+        if let Some((name, value)) = plan.credential() {
+            stream.set_header(Side::Request, name, Some(value));
+        }
+        if let Some(path) = &plan.upstream_path {
+            stream.set_header(Side::Request, ":path", Some(path));
+        }
         stream.clear_route_cache();
 
         let ns = METADATA_NAMESPACE;

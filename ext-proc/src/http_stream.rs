@@ -449,10 +449,17 @@ impl HttpStream {
             set_header(ROUTING_HEADER, &route.provider.name),
             set_header("content-length", &upstream_body.len().to_string()),
         ];
-        let mut remove_headers = vec!["x-api-key".to_string()];
-        match plan.authorization() {
-            Some(value) => set_headers.push(set_header("authorization", value)),
-            None => remove_headers.push("authorization".to_string()),
+        let credential = plan.credential();
+        let remove_headers: Vec<String> = ForwardPlan::CLIENT_CREDENTIAL_HEADERS
+            .iter()
+            .filter(|name| credential.is_none_or(|(set, _)| set != **name))
+            .map(|name| name.to_string())
+            .collect();
+        if let Some((name, value)) = credential {
+            set_headers.push(set_header(name, value));
+        }
+        if let Some(path) = &plan.upstream_path {
+            set_headers.push(set_header(":path", path));
         }
         let caller = |value: &Option<String>| string_value(value.as_deref().unwrap_or(""));
         let mut fields = vec![

@@ -105,6 +105,17 @@ fn answer(
         ));
     }
     check_api_key(shared, &parts.headers)?;
+    if parts.uri.path().contains("/openai/deployments/") {
+        let has_version = parts.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.starts_with("api-version=") && kv.len() > 12)
+        });
+        if !has_version {
+            return Err(ApiError::invalid_request(
+                "Missing api-version query parameter (Azure OpenAI requires it)",
+            ));
+        }
+    }
     if let Some(status) = controls.status {
         return Err(ApiError::new(
             status,
@@ -140,6 +151,14 @@ fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = shared.config.expected_api_key.as_deref() else {
         return Ok(());
     };
+    // Azure OpenAI sends the bare key in `api-key`.
+    if let Some(key) = headers.get("api-key").and_then(|v| v.to_str().ok()) {
+        return if key.trim() == expected {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized("Incorrect API key provided."))
+        };
+    }
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "You didn't provide an API key. Provide it in the Authorization header (Bearer auth).",
@@ -167,6 +186,18 @@ enum Route {
 
 impl Route {
     fn from_path(path: &str) -> Option<Route> {
+        // Azure OpenAI: [<base>]/openai/deployments/<deployment>/<operation> (the body is
+        // OpenAI's).
+        if let Some(at) = path.find("/openai/deployments/") {
+            let rest = &path[at + "/openai/deployments/".len()..];
+            let (_deployment, operation) = rest.split_once('/')?;
+            return match operation {
+                "chat/completions" => Some(Route::ChatCompletions),
+                "completions" => Some(Route::Completions),
+                "embeddings" => Some(Route::Embeddings),
+                _ => None,
+            };
+        }
         match path {
             "/v1/chat/completions" => Some(Route::ChatCompletions),
             "/v1/completions" => Some(Route::Completions),
@@ -192,12 +223,12 @@ impl Route {
 
 /// The per-request test controls (see [`crate::controls`]).
 #[derive(Debug, Default)]
-struct Controls {
-    status: Option<StatusCode>,
-    chunk_delay: Option<Duration>,
-    first_byte_delay: Option<Duration>,
-    chunks: Option<usize>,
-    reply: Option<String>,
+pub(crate) struct Controls {
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) chunk_delay: Option<Duration>,
+    pub(crate) first_byte_delay: Option<Duration>,
+    pub(crate) chunks: Option<usize>,
+    pub(crate) reply: Option<String>,
 }
 
 impl Controls {

@@ -117,7 +117,7 @@ impl RecordedRequest {
 }
 
 /// State shared between the [`MockProvider`] handle and the request handlers.
-struct Shared {
+pub(crate) struct Shared {
     config: MockConfig,
     provider_header: HeaderValue,
     recorded: Mutex<VecDeque<RecordedRequest>>,

@@ -136,15 +136,22 @@ pub struct LimitsSection {
 pub enum ProviderKind {
     /// The OpenAI REST API or any server compatible with it.
     Openai,
+    /// Azure OpenAI: the OpenAI body, a deployment path with `api-version`, an `api-key` header.
+    AzureOpenai,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
+            ProviderKind::AzureOpenai => "azure_openai",
         }
     }
 }
+
+/// The Azure OpenAI `api-version` used unless a provider names another (the latest GA
+/// data-plane version when this was written).
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 /// One upstream LLM provider.
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +175,19 @@ pub struct ProviderSection {
     /// (for offline quickstarts and demos). The endpoint must be `http://` on a loopback IP.
     #[serde(default)]
     pub mock: bool,
+    /// `azure_openai` only: the `api-version` query parameter (default
+    /// [`AZURE_DEFAULT_API_VERSION`]).
+    #[serde(default)]
+    pub api_version: Option<Spanned<String>>,
+}
+
+impl ProviderSection {
+    /// The Azure `api-version` this provider uses (meaningful for `azure_openai` only).
+    pub fn api_version(&self) -> &str {
+        self.api_version
+            .as_ref()
+            .map_or(AZURE_DEFAULT_API_VERSION, |v| v.value.as_str())
+    }
 }
 
 /// A model name clients may send, and where it goes.
@@ -398,6 +418,30 @@ impl ConfigFile {
                         format!(
                             "'{}' is not an environment variable name (letters, digits and _, not starting with a digit)",
                             env.value
+                        ),
+                    ));
+                }
+            }
+            if let Some(version) = &provider.api_version {
+                let line = version.referenced.line();
+                if provider.kind != ProviderKind::AzureOpenai {
+                    issues.push(issue(
+                        &format!("{path}.api_version"),
+                        line,
+                        "applies only to kind: azure_openai".into(),
+                    ));
+                } else if version.value.is_empty()
+                    || !version
+                        .value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+                {
+                    issues.push(issue(
+                        &format!("{path}.api_version"),
+                        line,
+                        format!(
+                            "'{}' is not an api-version such as {AZURE_DEFAULT_API_VERSION} or 2025-01-01-preview",
+                            version.value
                         ),
                     ));
                 }

@@ -212,19 +212,27 @@ pub struct ForwardPlan {
     pub guard_hits: Vec<GuardHit>,
     /// The routing rule that picked `route` instead of the model the client asked for.
     pub routed_by: Option<Arc<str>>,
+    /// The path to send the request to instead of the client's (Azure's deployment path), if
+    /// the provider needs one.
+    pub upstream_path: Option<String>,
     /// The request guards this request's `when` conditions left on; the adapter runs the
     /// selected webhook guards ([`GuardPolicy::webhook_run`](crate::guard::GuardPolicy::webhook_run)).
     pub guard_selection: GuardSelection,
 }
 
 impl ForwardPlan {
-    /// The header value that authenticates Gantry to the provider, if the provider needs one.
-    pub fn authorization(&self) -> Option<&str> {
+    /// The header (name, value) that authenticates Gantry to the provider, if it needs one.
+    pub fn credential(&self) -> Option<(&'static str, &str)> {
         match &self.route.provider.credential {
-            Credential::Bearer(key) => Some(key.expose()),
+            Credential::Header { name, value } => Some((name, value.expose())),
             _ => None,
         }
     }
+
+    /// Headers that may carry the client's own credentials: removed before the request goes
+    /// upstream (the provider's credential, if any, is set after).
+    pub const CLIENT_CREDENTIAL_HEADERS: [&'static str; 3] =
+        ["authorization", "x-api-key", "api-key"];
 }
 
 /// Plans the upstream request from the buffered client body, or says why it cannot be sent.
@@ -364,6 +372,7 @@ pub fn plan_forward_in(
         guard_hits,
         routed_by,
         guard_selection,
+        upstream_path: route.provider.upstream_path(api, &route.upstream_model),
     })
 }
 
@@ -494,12 +503,12 @@ models:
         .unwrap();
         assert_eq!(plan.body, br#"{"model":"big-1","messages":[]}"#);
         assert_eq!(plan.route.provider.name, "b");
-        assert_eq!(plan.authorization(), Some("Bearer sk-b"));
+        assert_eq!(plan.credential(), Some(("authorization", "Bearer sk-b")));
         assert!(!plan.stream && !plan.usage_injected);
         let plan =
             plan_forward(&s, LlmApi::Embeddings, br#"{"model":"same","input":"x"}"#).unwrap();
         assert_eq!(plan.body, br#"{"model":"same","input":"x"}"#);
-        assert_eq!(plan.authorization(), None);
+        assert_eq!(plan.credential(), None);
     }
 
     #[test]

@@ -40,8 +40,9 @@ impl fmt::Debug for ApiKey {
 pub enum Credential {
     /// The provider needs no key.
     NotNeeded,
-    /// The key, as the header value to inject upstream (`Bearer ...`).
-    Bearer(ApiKey),
+    /// The header to inject upstream and its value: `authorization: Bearer ...` for OpenAI,
+    /// `api-key: ...` for Azure OpenAI.
+    Header { name: &'static str, value: ApiKey },
     /// `api_key_env` names a variable that is unset or empty: the provider is unavailable.
     Missing { env: String },
 }
@@ -54,12 +55,44 @@ pub struct Provider {
     pub credential: Credential,
     pub timeout_secs: u64,
     pub mock: bool,
+    /// `azure_openai`: the `api-version` query parameter.
+    pub api_version: String,
 }
 
 impl Provider {
     pub fn is_available(&self) -> bool {
         !matches!(self.credential, Credential::Missing { .. })
     }
+
+    /// The path to send an `api` request for `upstream_model` to, when it is not the client's
+    /// (Azure: `/openai/deployments/<deployment>/<api>?api-version=<v>`). The endpoint's base
+    /// path is put in front by Envoy's route, as for every provider.
+    pub fn upstream_path(&self, api: crate::LlmApi, upstream_model: &str) -> Option<String> {
+        match self.kind {
+            ProviderKind::Openai => None,
+            ProviderKind::AzureOpenai => {
+                let operation = api.path().trim_start_matches("/v1/");
+                let deployment = path_segment(upstream_model);
+                Some(format!(
+                    "/openai/deployments/{deployment}/{operation}?api-version={}",
+                    self.api_version
+                ))
+            }
+        }
+    }
+}
+
+/// `text` as one URL path segment: unreserved characters kept, everything else `%XX`.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A model name clients may send, resolved to its provider.
@@ -102,9 +135,16 @@ impl Snapshot {
             let credential = match &section.api_key_env {
                 None => Credential::NotNeeded,
                 Some(var) => match env(&var.value) {
-                    Some(key) if !key.trim().is_empty() => {
-                        Credential::Bearer(ApiKey(format!("Bearer {}", key.trim())))
-                    }
+                    Some(key) if !key.trim().is_empty() => match section.kind {
+                        ProviderKind::Openai => Credential::Header {
+                            name: "authorization",
+                            value: ApiKey(format!("Bearer {}", key.trim())),
+                        },
+                        ProviderKind::AzureOpenai => Credential::Header {
+                            name: "api-key",
+                            value: ApiKey(key.trim().to_string()),
+                        },
+                    },
                     _ => Credential::Missing {
                         env: var.value.clone(),
                     },
@@ -117,6 +157,7 @@ impl Snapshot {
                 credential,
                 timeout_secs: section.timeout_secs(),
                 mock: section.mock,
+                api_version: section.api_version().to_string(),
             });
             by_name.insert(provider.name.clone(), provider.clone());
             providers.push(provider);
@@ -217,6 +258,66 @@ fn list_body(listed: &[serde_json::Value]) -> Bytes {
 mod tests {
     use super::*;
 
+    #[test]
+    fn azure_openai_gets_a_deployment_path_and_an_api_key_header() {
+        let config = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: az, kind: azure_openai, endpoint: 'https://res.openai.azure.com', api_key_env: AZ_KEY }
+  - { name: az2, kind: azure_openai, endpoint: 'https://res2.openai.azure.com', api_version: 2025-01-01-preview }
+models:
+  - { name: gpt, provider: az, model: 'my deploy/1' }
+  - { name: gpt2, provider: az2, model: d2 }
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let snapshot =
+            Snapshot::compile(&config, &|name| (name == "AZ_KEY").then(|| " k3y ".into()));
+        let route = snapshot.model("gpt").unwrap();
+        match &route.provider.credential {
+            Credential::Header { name, value } => {
+                assert_eq!((*name, value.expose()), ("api-key", "k3y"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            route
+                .provider
+                .upstream_path(crate::LlmApi::ChatCompletions, &route.upstream_model),
+            Some(
+                "/openai/deployments/my%20deploy%2F1/chat/completions?api-version=2024-10-21"
+                    .into()
+            )
+        );
+        let route = snapshot.model("gpt2").unwrap();
+        assert_eq!(
+            route
+                .provider
+                .upstream_path(crate::LlmApi::Embeddings, &route.upstream_model),
+            Some("/openai/deployments/d2/embeddings?api-version=2025-01-01-preview".into())
+        );
+        assert!(matches!(route.provider.credential, Credential::NotNeeded));
+
+        let err = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: o, kind: openai, endpoint: 'https://api.openai.com', api_version: 2024-10-21 }
+  - { name: az, kind: azure_openai, endpoint: 'https://res.openai.azure.com', api_version: 'v 1' }
+models: []
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("providers[0].api_version (line 3): applies only to kind: azure_openai"),
+            "{err}"
+        );
+        assert!(
+            err.contains("providers[1].api_version (line 4): 'v 1' is not an api-version"),
+            "{err}"
+        );
+    }
+
     const CONFIG: &str = "\
 listen: 127.0.0.1:10000
 providers:
@@ -250,7 +351,12 @@ models:
         });
         let smart = snapshot.model("smart").unwrap();
         match &smart.provider.credential {
-            Credential::Bearer(key) => assert_eq!(key.expose(), "Bearer sk-secret"),
+            Credential::Header { name, value } => {
+                assert_eq!(
+                    (*name, value.expose()),
+                    ("authorization", "Bearer sk-secret")
+                )
+            }
             other => panic!("unexpected {other:?}"),
         }
         let debug = format!("{snapshot:?}");

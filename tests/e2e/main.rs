@@ -3,6 +3,7 @@
 //! `openai` Python SDK.
 
 mod auth;
+mod azure;
 mod cli;
 mod concurrency;
 mod dynamic_module;
