@@ -96,6 +96,16 @@ fn answer(
     body: &[u8],
     controls: &Controls,
 ) -> Result<Response, ApiError> {
+    // Native provider formats first: each answers its own paths, errors in its own shape.
+    for native in [
+        crate::anthropic::answer,
+        crate::gemini::answer,
+        crate::bedrock::answer,
+    ] {
+        if let Some(response) = native(shared, parts, body, controls) {
+            return response;
+        }
+    }
     let route = Route::from_path(parts.uri.path())
         .ok_or_else(|| ApiError::not_found(&parts.method, parts.uri.path()))?;
     if parts.method != route.method() {

@@ -10,7 +10,17 @@
 //! - `POST /v1/embeddings` (deterministic 8-dimensional vectors),
 //! - `GET /v1/models`,
 //! - `POST /v1/moderations` and `POST /gantry/guard`: the OpenAI moderation API and a
-//!   Gantry-format guard webhook, for webhook guards (see [`guard`]).
+//!   Gantry-format guard webhook, for webhook guards (see [`guard`]);
+//! - Azure OpenAI's `[<base>]/openai/deployments/<deployment>/<operation>?api-version=` with
+//!   the key in `api-key`;
+//! - native provider formats, each with its own auth, errors and stream framing: Anthropic
+//!   `POST /v1/messages` (SSE with `event:` lines), Gemini
+//!   `POST /v1beta/models/<m>:generateContent` and `:streamGenerateContent?alt=sse`, Bedrock
+//!   `POST /model/<id>/converse` and `/converse-stream` (AWS event-stream, SigV4 checked).
+//!
+//! Every format follows one tool rule: a request that offers tools (and does not end with tool
+//! results) gets a call to the first tool with `{"city": "Paris"}`; a request that ends with
+//! tool results gets the text `the tool said: <results joined by "; ">`.
 //!
 //! Replies and token counts are deterministic. Requests are recorded (see
 //! [`MockProvider::recorded`]) and every response carries an
@@ -27,6 +37,9 @@
 //! # }
 //! ```
 
+mod anthropic;
+mod bedrock;
+mod gemini;
 pub mod guard;
 mod handler;
 mod openai;

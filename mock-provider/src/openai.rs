@@ -43,14 +43,62 @@ struct ChatRequest {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    tools: Vec<Value>,
 }
 
 #[derive(Deserialize)]
 struct ChatMessage {
+    #[serde(default)]
+    role: Option<String>,
     /// A string, an array of content parts, or null.
     #[serde(default)]
     content: Value,
 }
+
+/// What the mock does about tools, the same rule in every format's mock: after tool results it
+/// reports them; with tools offered it calls the first one with `{"city": "Paris"}`.
+enum ToolTurn {
+    None,
+    /// The text to answer with: `the tool said: <results joined by "; ">`.
+    Report(String),
+    /// Call this function.
+    Call(String),
+}
+
+impl ToolTurn {
+    fn of(messages: &[ChatMessage], tools: &[Value]) -> ToolTurn {
+        let results: Vec<String> = messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role.as_deref() == Some("tool"))
+            .map(|m| match &m.content {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(""),
+                other => other.to_string(),
+            })
+            .collect();
+        if !results.is_empty() {
+            let in_order: Vec<String> = results.into_iter().rev().collect();
+            return ToolTurn::Report(format!("the tool said: {}", in_order.join("; ")));
+        }
+        match tools
+            .first()
+            .and_then(|t| t.pointer("/function/name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => ToolTurn::Call(name.to_string()),
+            None => ToolTurn::None,
+        }
+    }
+}
+
+/// The arguments of every mock tool call.
+pub(crate) const TOOL_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
 
 #[derive(Deserialize)]
 struct StreamOptions {
@@ -90,14 +138,78 @@ pub(crate) fn chat_completions(
         .iter()
         .map(|message| content_words(&message.content))
         .sum();
+    let tool_turn = ToolTurn::of(&messages, &request.tools);
+    let scripted = match (&stream.reply, &tool_turn) {
+        (Some(reply), _) => Some(reply.clone()),
+        (None, ToolTurn::Report(text)) => Some(text.clone()),
+        _ => None,
+    };
     let reply = Reply::new(
         shared,
         &model,
         prompt_words,
         request.max_completion_tokens.or(request.max_tokens),
-        stream.reply.as_deref(),
+        scripted.as_deref(),
     )?;
     let meta = ReplyMeta::new(shared, "chatcmpl-mock", model);
+
+    if let ToolTurn::Call(name) = &tool_turn {
+        let call_id = format!("call_{}", meta.id.trim_start_matches("chatcmpl-"));
+        if !request.stream.unwrap_or(false) {
+            let body = json!({
+                "id": meta.id,
+                "object": "chat.completion",
+                "created": meta.created,
+                "model": meta.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": null,
+                        "tool_calls": [{
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": TOOL_ARGUMENTS},
+                        }],
+                    },
+                    "finish_reason": "tool_calls",
+                }],
+                "usage": reply.usage.to_json(),
+            });
+            return Ok(Json(body).into_response());
+        }
+        let chunks = ChunkShape {
+            meta: &meta,
+            object: "chat.completion.chunk",
+            include_usage: include_usage(request.stream_options.as_ref()),
+        };
+        let (first, rest) = TOOL_ARGUMENTS.split_at(TOOL_ARGUMENTS.len() / 2);
+        let events = vec![
+            chunks.chunk(json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": null, "tool_calls": [{
+                    "index": 0, "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }]},
+                "finish_reason": null,
+            })),
+            chunks.chunk(json!({
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": first}}]},
+                "finish_reason": null,
+            })),
+            chunks.chunk(json!({
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": rest}}]},
+                "finish_reason": null,
+            })),
+            chunks.chunk(json!({"index": 0, "delta": {}, "finish_reason": "tool_calls"})),
+        ];
+        return Ok(sse_response(
+            chunks.finish(events, &reply.usage),
+            stream.chunk_delay,
+        ));
+    }
 
     if !request.stream.unwrap_or(false) {
         let body = json!({
@@ -301,7 +413,7 @@ fn include_usage(options: Option<&StreamOptions>) -> bool {
         .unwrap_or(false)
 }
 
-fn word_count(text: &str) -> u64 {
+pub(crate) fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
@@ -550,7 +662,7 @@ impl ChunkShape<'_> {
 /// A `text/event-stream` response sending each event as its own body frame,
 /// the first at once and each later one after `delay`. Hyper flushes whenever
 /// the body is pending, so clients see events arrive one by one.
-fn sse_response(events: Vec<Bytes>, delay: Duration) -> Response {
+pub(crate) fn sse_response(events: Vec<Bytes>, delay: Duration) -> Response {
     let frames = futures::stream::iter(events.into_iter().enumerate()).then(
         move |(index, event)| async move {
             if index > 0 && !delay.is_zero() {
@@ -573,7 +685,7 @@ fn sse_response(events: Vec<Bytes>, delay: Duration) -> Response {
 /// Cuts `text` into exactly `count` pieces whose concatenation is `text`:
 /// whole words when there are enough of them, otherwise single characters
 /// (pieces are empty only if `text` has fewer than `count` characters).
-fn split_into_pieces(text: &str, count: usize) -> Vec<String> {
+pub(crate) fn split_into_pieces(text: &str, count: usize) -> Vec<String> {
     let count = count.max(1);
     let words: Vec<&str> = text.split_inclusive(' ').collect();
     let units: Vec<&str> = if words.len() >= count {

@@ -615,3 +615,70 @@ async fn shutdown_completes_and_closes_the_port() {
         .expect("server ended cleanly");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn chat_calls_the_first_tool_then_reports_its_result() {
+    let server = start(fast()).await;
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}},
+    ]);
+    let response = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"model": "m", "tools": tools, "messages": [{"role": "user", "content": "weather?"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+    assert!(choice["message"]["content"].is_null());
+
+    // Streamed: the arguments arrive in fragments that add up.
+    let response = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"model": "m", "stream": true, "tools": tools, "messages": [{"role": "user", "content": "weather?"}]}),
+    )
+    .await;
+    let text = response.text().await.unwrap();
+    let mut arguments = String::new();
+    let mut finish = None;
+    for payload in sse_payloads(&text) {
+        if payload == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(&payload).unwrap();
+        let choice = &chunk["choices"][0];
+        if let Some(fragment) = choice.pointer("/delta/tool_calls/0/function/arguments") {
+            arguments.push_str(fragment.as_str().unwrap());
+        }
+        if choice["finish_reason"].is_string() {
+            finish = choice["finish_reason"].as_str().map(str::to_string);
+        }
+    }
+    assert_eq!(arguments, r#"{"city":"Paris"}"#);
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+
+    // After the tool result: text that reports it.
+    let response = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"model": "m", "tools": tools, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21C"},
+        ]}),
+    )
+    .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "the tool said: sunny, 21C",
+        "{body}"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+}

@@ -18,6 +18,7 @@ pub mod response_stream;
 pub mod routing;
 pub mod snapshot;
 pub mod sse;
+pub mod translate;
 pub mod usage;
 
 pub use config::{ConfigError, ConfigFile, FailureMode};
