@@ -10,7 +10,8 @@
 //! - Azure OpenAI speaks the OpenAI body: only its path and key header differ, which the
 //!   provider itself knows ([`Provider::upstream_path`](crate::snapshot::Provider::upstream_path)).
 //!
-//! These modules are the translation core; wiring them to providers of these kinds (with
+//! [`provider`] dispatches over the formats: one call built from a canonical request, one
+//! reply read back. These modules are the translation core; wiring them to providers of these kinds (with
 //! failover between targets through an upstream ext_proc filter) is the adapters' part.
 //!
 //! Rules every module follows:
@@ -31,6 +32,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
+pub mod provider;
 
 use std::fmt;
 
