@@ -111,6 +111,13 @@ impl FilterConfig {
         let mcp_path = config.mcp.as_ref().map(|m| m.path().to_string());
         // Provider keys come from Envoy's environment, as `gantry run` passes it on.
         let snapshot = Snapshot::compile(&config, &|name| std::env::var(name).ok());
+        let needs_upstream_filter = snapshot.upstream_filter_models();
+        if !needs_upstream_filter.is_empty() {
+            return Err(format!(
+                "models with several targets or a translated provider kind ({}) are not supported by the dynamic module (they need Gantry's upstream filter): run Gantry in ext_proc mode for them",
+                needs_upstream_filter.join(", ")
+            ));
+        }
         Ok(FilterConfig {
             snapshot,
             auth_needs_body,

@@ -446,7 +446,7 @@ impl HttpStream {
             "forwarding"
         );
         let mut set_headers = vec![
-            set_header(ROUTING_HEADER, &route.provider.name),
+            set_header(ROUTING_HEADER, &plan.routing_value()),
             set_header("content-length", &upstream_body.len().to_string()),
         ];
         let credential = plan.credential();
@@ -670,11 +670,16 @@ impl HttpStream {
         exchange.status = Some(status);
         let content_type = header(map, "content-type").unwrap_or("");
         let route = &exchange.plan.route;
-        let mut set_headers = vec![
-            set_header(ROUTING_HEADER, &route.provider.name),
-            set_header(MODEL_HEADER, &route.alias),
-            set_header(UPSTREAM_MODEL_HEADER, &route.upstream_model),
-        ];
+        // Through the upstream filter, it has said which target answered.
+        let mut set_headers = if route.via_upstream_filter {
+            vec![set_header(MODEL_HEADER, &route.alias)]
+        } else {
+            vec![
+                set_header(ROUTING_HEADER, &route.provider.name),
+                set_header(MODEL_HEADER, &route.alias),
+                set_header(UPSTREAM_MODEL_HEADER, &route.upstream_model),
+            ]
+        };
         if let Some(metered) = &exchange.metered {
             set_headers.extend(
                 metered
@@ -950,14 +955,14 @@ fn all_headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-fn respond(response: Response) -> ProcessingResponse {
+pub(crate) fn respond(response: Response) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(response),
         ..Default::default()
     }
 }
 
-fn immediate(reply: &LocalReply) -> ProcessingResponse {
+pub(crate) fn immediate(reply: &LocalReply) -> ProcessingResponse {
     respond(Response::ImmediateResponse(ImmediateResponse {
         status: Some(HttpStatus {
             code: i32::from(reply.status),
@@ -980,7 +985,7 @@ fn immediate(reply: &LocalReply) -> ProcessingResponse {
 }
 
 /// A header value as Envoy sent it (`raw_value` on current Envoy, `value` on old ones).
-fn header<'a>(map: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(map: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     let found = map?.headers.iter().find(|h| h.key == name)?;
     if found.raw_value.is_empty() {
         Some(found.value.as_str())
@@ -991,7 +996,7 @@ fn header<'a>(map: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 
 /// A header to set, overwriting any value the client sent. Uses `raw_value`: Envoy applies a
 /// value sent in `value` as empty.
-fn set_header(name: &str, value: &str) -> HeaderValueOption {
+pub(crate) fn set_header(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_string(),

@@ -14,6 +14,7 @@ pub mod governance;
 pub mod guard_webhook;
 pub mod http_stream;
 pub mod server;
+pub mod upstream_stream;
 
 pub use governance::{GovernanceRuntime, GovernanceStats};
 pub use server::{serve, ExtProcService, SharedSnapshot};

@@ -61,6 +61,27 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let upstream = request
+            .metadata()
+            .get(crate::upstream_stream::CHAIN_METADATA.0)
+            .is_some_and(|v| v.as_bytes() == crate::upstream_stream::CHAIN_METADATA.1.as_bytes());
+        if upstream {
+            // One attempt from the upstream filter of an alias's cluster.
+            let state = crate::upstream_stream::UpstreamStream::new(self.snapshot.load_full());
+            let responses = futures::stream::unfold(
+                (request.into_inner(), state),
+                |(mut inbound, mut state)| async move {
+                    match inbound.message().await {
+                        Ok(Some(message)) => {
+                            let response = state.handle(message);
+                            Some((Ok(response), (inbound, state)))
+                        }
+                        _ => None,
+                    }
+                },
+            );
+            return Ok(Response::new(Box::pin(responses)));
+        }
         // One snapshot for the whole HTTP request, even if config is swapped meanwhile.
         let state = HttpStream::new(self.snapshot.load_full(), self.governance.clone());
         // Each response is computed when tonic pulls the next one, straight from the inbound

@@ -18,12 +18,15 @@
 use serde_json::{json, Value};
 
 use gantry_ext_proc::http_stream::METADATA_NAMESPACE;
+use gantry_ext_proc::upstream_stream::{
+    CHAIN_METADATA, TARGET_CLUSTER_PREFIX, TARGET_METADATA_KEY,
+};
 use gantry_policy::auth::IDENTITY_HEADERS;
 use gantry_policy::config::{
     AuthSection, ConfigFile, CorsSection, DEFAULT_CORS_HEADERS, DEFAULT_CORS_METHODS,
 };
 use gantry_policy::endpoint::ProviderEndpoint;
-use gantry_policy::openai_api::ROUTING_HEADER;
+use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_ROUTE_PREFIX};
 use gantry_policy::FailureMode;
 
 /// The CA bundle Envoy verifies https providers against unless a provider names its own.
@@ -98,6 +101,11 @@ fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
     }
     if config.governance.is_some() {
         return Some("governance (budgets and rate limits need the store)");
+    }
+    if config.models.iter().any(|m| via_upstream_filter(config, m)) {
+        return Some(
+            "models with several targets or a translated provider kind (anthropic, gemini, bedrock: they need Gantry's upstream filter)",
+        );
     }
     let webhook_guards = config
         .guards
@@ -196,14 +204,21 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
             .map_or(SYSTEM_CA_BUNDLE, |f| f.value.as_str());
         clusters.push(provider_cluster_config(name, &endpoint, ca_file));
     }
-    routes.push(catch_all_route());
-
     let slowest = config
         .providers
         .iter()
         .map(|p| p.timeout_secs())
         .max()
         .unwrap_or(60);
+    if let FilterMode::ExtProc = mode {
+        for model in &config.models {
+            if let Some((route, cluster)) = target_route_and_cluster(config, model, slowest)? {
+                routes.push(route);
+                clusters.push(cluster);
+            }
+        }
+    }
+    routes.push(catch_all_route());
 
     Ok(json!({
         "node": { "id": "gantry", "cluster": "gantry" },
@@ -732,6 +747,216 @@ fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint, ca_file: &st
     cluster
 }
 
+/// Whether `model` is served through its own cluster and Gantry's upstream filter (the same
+/// rule as the snapshot's `ModelRoute::via_upstream_filter`).
+pub fn via_upstream_filter(
+    config: &ConfigFile,
+    model: &gantry_policy::config::ModelSection,
+) -> bool {
+    let targets = model.targets_or_single();
+    targets.len() > 1
+        || targets.iter().any(|t| {
+            config
+                .providers
+                .iter()
+                .find(|p| p.name.value == t.provider.value)
+                .is_some_and(|p| p.kind.is_translated())
+        })
+}
+
+/// The cluster (and the route to it) of a model served through Gantry's upstream filter: one
+/// endpoint per target, by priority and weight, named to the filter in its metadata; Envoy
+/// retries a failed attempt on the next target, and ejects one that keeps failing.
+fn target_route_and_cluster(
+    config: &ConfigFile,
+    model: &gantry_policy::config::ModelSection,
+    slowest_secs: u64,
+) -> Result<Option<(Value, Value)>, RenderError> {
+    if !via_upstream_filter(config, model) {
+        return Ok(None);
+    }
+    let alias = &model.name.value;
+    let cluster_name = format!("{TARGET_CLUSTER_PREFIX}{alias}");
+    let targets = model.targets_or_single();
+    let mut priorities: Vec<u32> = targets.iter().map(|t| t.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let mut by_rank: Vec<Vec<Value>> = vec![Vec::new(); priorities.len()];
+    let mut tls_matches = Vec::new();
+    let mut any_hostname = false;
+    for (index, target) in targets.iter().enumerate() {
+        let Some(provider) = config
+            .providers
+            .iter()
+            .find(|p| p.name.value == target.provider.value)
+        else {
+            continue; // unreachable on a validated config
+        };
+        let endpoint = provider
+            .endpoint()
+            .map_err(|source| RenderError::Endpoint {
+                provider: provider.name.value.clone(),
+                source,
+            })?;
+        any_hostname |= endpoint.ip().is_none();
+        let id = index.to_string();
+        let rank = priorities
+            .iter()
+            .position(|p| *p == target.priority)
+            .unwrap_or(0);
+        by_rank[rank].push(json!({
+            "endpoint": {
+                "address": { "socket_address": { "address": endpoint.host, "port_value": endpoint.port } },
+                // What `auto_host_rewrite` puts in `Host` for this target (and what Bedrock's
+                // signature covers): an upstream filter's `:authority` mutation is not applied.
+                "hostname": endpoint.authority(),
+            },
+            "load_balancing_weight": target.weight,
+            "metadata": { "filter_metadata": {
+                "gantry": { TARGET_METADATA_KEY: id },
+                "envoy.transport_socket_match": { "gantry_target": id },
+            } },
+        }));
+        if endpoint.tls {
+            let ca_file = provider
+                .ca_file
+                .as_ref()
+                .map_or(SYSTEM_CA_BUNDLE, |f| f.value.as_str());
+            tls_matches.push(json!({
+                "name": format!("target_{index}"),
+                "match": { "gantry_target": id },
+                "transport_socket": tls_socket(&endpoint.host, ca_file),
+            }));
+        }
+    }
+    let endpoints: Vec<Value> = by_rank
+        .into_iter()
+        .enumerate()
+        .map(|(rank, lb_endpoints)| json!({ "priority": rank, "lb_endpoints": lb_endpoints }))
+        .collect();
+    let message_timeout_ms = config.message_timeout_ms();
+    let upstream_ext_proc = json!({
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": EXT_PROC_CLUSTER },
+                "timeout": format!("{}s", slowest_secs + STREAM_DEADLINE_MARGIN_SECS),
+                "initial_metadata": [{ "key": CHAIN_METADATA.0, "value": CHAIN_METADATA.1 }],
+            },
+            "message_timeout": millis(message_timeout_ms),
+            "allow_mode_override": true,
+            "request_attributes": ["xds.upstream_host_metadata", "xds.cluster_name"],
+            // Response bodies only by mode_override, STREAMED: a BUFFERED response in an
+            // upstream filter turns into a local reply that Envoy never retries [1.40].
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    });
+    let mut cluster = json!({
+        "name": cluster_name,
+        "type": if any_hostname { "STRICT_DNS" } else { "STATIC" },
+        "connect_timeout": "5s",
+        "load_assignment": { "cluster_name": cluster_name, "endpoints": endpoints },
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "interval": "10s",
+            "base_ejection_time": "30s",
+            "max_ejection_percent": 100,
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http_protocol_options": {} },
+                "http_filters": [
+                    upstream_ext_proc,
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec" },
+                    },
+                ],
+            },
+        },
+    });
+    if any_hostname {
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    if !tls_matches.is_empty() {
+        cluster["transport_socket_matches"] = json!(tls_matches);
+    }
+    let attempts = model.attempts();
+    let mut retry = json!({
+        "retry_on": "5xx,reset,connect-failure,refused-stream,retriable-status-codes",
+        "retriable_status_codes": [429],
+        "num_retries": attempts.saturating_sub(1),
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" },
+        }],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": { "base_interval": "0.01s", "max_interval": "0.1s" },
+    });
+    if priorities.len() > 1 {
+        retry["retry_priority"] = json!({
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        });
+    }
+    if let Some(secs) = model
+        .retry
+        .as_ref()
+        .and_then(|r| r.per_try_timeout_secs.as_ref())
+    {
+        retry["per_try_timeout"] = json!(format!("{}s", secs.value));
+    }
+    let route = json!({
+        "name": cluster_name,
+        "match": {
+            "prefix": "/",
+            "headers": [{
+                "name": ROUTING_HEADER,
+                "string_match": { "exact": format!("{TARGETS_ROUTE_PREFIX}{alias}") },
+            }],
+        },
+        "route": {
+            "cluster": cluster_name,
+            "timeout": format!("{slowest_secs}s"),
+            "auto_host_rewrite": true,
+            "retry_policy": retry,
+        },
+        "request_headers_to_remove": [ROUTING_HEADER],
+    });
+    Ok(Some((route, cluster)))
+}
+
+fn tls_socket(host: &str, ca_file: &str) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": {
+                "validation_context": {
+                    "trusted_ca": { "filename": ca_file },
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "DNS",
+                        "matcher": { "exact": host },
+                    }],
+                },
+            },
+        },
+    })
+}
+
 fn load_assignment(cluster_name: &str, host: &str, port: u16) -> Value {
     json!({
         "cluster_name": cluster_name,
@@ -864,6 +1089,95 @@ models:
             .iter()
             .map(|f| f["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn an_alias_with_targets_gets_its_cluster_route_and_upstream_filter() {
+        let config = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: local, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+  - { name: claude, kind: anthropic, endpoint: 'https://api.anthropic.com', api_key_env: K }
+models:
+  - { name: plain, provider: local, model: m }
+  - name: smart
+    retry: { per_try_timeout_secs: 20 }
+    targets:
+      - { provider: claude, model: c, weight: 3 }
+      - { provider: local, model: m, priority: 4 }
+",
+        )
+        .unwrap();
+        let bootstrap = render(&config).unwrap();
+        let clusters = &bootstrap["static_resources"]["clusters"];
+        let cluster = clusters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "model_smart")
+            .expect("the alias's cluster");
+        assert!(!cluster_names(&bootstrap).contains(&"model_plain".to_string()));
+        assert_eq!(cluster["type"], "STRICT_DNS");
+        let endpoints = cluster["load_assignment"]["endpoints"].as_array().unwrap();
+        // Priorities 0 and 4 become levels 0 and 1.
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints[1]["priority"], 1);
+        let claude = &endpoints[0]["lb_endpoints"][0];
+        assert_eq!(claude["load_balancing_weight"], 3);
+        assert_eq!(claude["endpoint"]["hostname"], "api.anthropic.com");
+        assert_eq!(
+            claude["metadata"]["filter_metadata"]["gantry"]["target"],
+            "0"
+        );
+        let tls = &cluster["transport_socket_matches"][0];
+        assert_eq!(tls["match"]["gantry_target"], "0");
+        assert_eq!(
+            tls["transport_socket"]["typed_config"]["sni"],
+            "api.anthropic.com"
+        );
+        let filters = &cluster["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        assert_eq!(filters[0]["name"], "envoy.filters.http.ext_proc");
+        assert_eq!(
+            filters[0]["typed_config"]["grpc_service"]["initial_metadata"][0]["value"],
+            "upstream"
+        );
+        assert_eq!(
+            filters[0]["typed_config"]["processing_mode"]["response_body_mode"],
+            "NONE"
+        );
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
+
+        let routes = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        let route = routes.iter().find(|r| r["name"] == "model_smart").unwrap();
+        assert_eq!(
+            route["match"]["headers"][0]["string_match"]["exact"],
+            "@smart"
+        );
+        let retry = &route["route"]["retry_policy"];
+        assert_eq!(retry["num_retries"], 1);
+        assert_eq!(retry["per_try_timeout"], "20s");
+        assert_eq!(retry["retriable_status_codes"][0], 429);
+        assert!(retry["retry_priority"].is_object());
+        assert_eq!(route["route"]["auto_host_rewrite"], true);
+        // The catch-all stays last.
+        assert_eq!(routes.last().unwrap()["name"], CATCH_ALL_ROUTE);
+
+        match render_with(
+            &config,
+            &FilterMode::Module(ModuleFilter {
+                config_json: String::new(),
+                library: None,
+            }),
+        ) {
+            Err(RenderError::ModuleUnsupported(feature)) => {
+                assert!(feature.contains("several targets"), "{feature}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     fn cluster_names(bootstrap: &Value) -> Vec<String> {

@@ -54,10 +54,19 @@ async fn respond(shared: &Shared, request: Request) -> Response {
     if let Some(error) = body_error {
         return error.into_response();
     }
-    let controls = match Controls::from_headers(&parts.headers) {
+    let mut controls = match Controls::from_headers(&parts.headers) {
         Ok(controls) => controls,
         Err(error) => return error.into_response(),
     };
+    if controls.status.is_none() {
+        controls.status = shared
+            .config
+            .forced_status
+            .and_then(|code| StatusCode::from_u16(code).ok());
+    }
+    if controls.first_byte_delay.is_none() && !shared.config.first_byte_delay.is_zero() {
+        controls.first_byte_delay = Some(shared.config.first_byte_delay);
+    }
     if let Some(delay) = controls.first_byte_delay {
         tokio::time::sleep(delay).await;
     }

@@ -88,6 +88,11 @@ pub struct MockConfig {
     pub chunk_delay: Duration,
     /// Number of content chunks a streamed reply has (default 4; 0 is treated as 1).
     pub stream_chunks: usize,
+    /// Answer every request with this status (an error in the format's shape), as if
+    /// `x-mock-status` were on each: a provider that is down or rate-limiting everyone.
+    pub forced_status: Option<u16>,
+    /// Wait this long before answering every request (as `x-mock-first-byte-delay-ms`).
+    pub first_byte_delay: Duration,
 }
 
 impl Default for MockConfig {
@@ -97,6 +102,8 @@ impl Default for MockConfig {
             expected_api_key: None,
             chunk_delay: Duration::from_millis(20),
             stream_chunks: 4,
+            forced_status: None,
+            first_byte_delay: Duration::ZERO,
         }
     }
 }

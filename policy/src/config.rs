@@ -138,6 +138,12 @@ pub enum ProviderKind {
     Openai,
     /// Azure OpenAI: the OpenAI body, a deployment path with `api-version`, an `api-key` header.
     AzureOpenai,
+    /// The Anthropic Messages API (`x-api-key`), translated from and to OpenAI's.
+    Anthropic,
+    /// Google Gemini `generateContent` (`x-goog-api-key`), translated.
+    Gemini,
+    /// AWS Bedrock Converse (SigV4 with AWS credentials), translated.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -145,7 +151,19 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::AzureOpenai => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
         }
+    }
+
+    /// Whether requests to this kind are translated from the OpenAI format (and so go through
+    /// Gantry's upstream filter, which knows the target).
+    pub fn is_translated(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock
+        )
     }
 }
 
@@ -179,6 +197,18 @@ pub struct ProviderSection {
     /// [`AZURE_DEFAULT_API_VERSION`]).
     #[serde(default)]
     pub api_version: Option<Spanned<String>>,
+    /// `bedrock` only: the AWS region signed for (e.g. `us-east-1`).
+    #[serde(default)]
+    pub region: Option<Spanned<String>>,
+    /// `bedrock` only: the variables holding the AWS credentials (defaults
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; the token is
+    /// optional).
+    #[serde(default)]
+    pub aws_access_key_id_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub aws_secret_access_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub aws_session_token_env: Option<Spanned<String>>,
 }
 
 impl ProviderSection {
@@ -190,16 +220,113 @@ impl ProviderSection {
     }
 }
 
-/// A model name clients may send, and where it goes.
+/// A model name clients may send, and where it goes: one provider and model, or several
+/// `targets` to spread over and fail over between.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// The name clients send in `model`.
     pub name: Spanned<String>,
-    /// The provider that serves it.
-    pub provider: Spanned<String>,
+    /// The provider that serves it (with `model`; or list `targets`).
+    #[serde(default)]
+    pub provider: Option<Spanned<String>>,
     /// The model name the provider receives.
+    #[serde(default)]
+    pub model: Option<Spanned<String>>,
+    /// Where the alias may be served, each a provider and model with a priority and weight.
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+    /// How a failed attempt is retried on the next target.
+    #[serde(default)]
+    pub retry: Option<RetrySection>,
+}
+
+/// One place a model alias may be served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub provider: Spanned<String>,
     pub model: Spanned<String>,
+    /// Share of traffic among targets of the same priority (default 1, at most 128).
+    #[serde(default)]
+    pub weight: Option<Spanned<u32>>,
+    /// 0 (default) is tried first; a retry goes to the next priority.
+    #[serde(default)]
+    pub priority: Option<Spanned<u32>>,
+}
+
+impl TargetSection {
+    pub fn weight(&self) -> u32 {
+        self.weight.as_ref().map_or(1, |w| w.value)
+    }
+
+    pub fn priority(&self) -> u32 {
+        self.priority.as_ref().map_or(0, |p| p.value)
+    }
+}
+
+/// Failover between an alias's targets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Tries in all, the first included (default: one per target, at most 5).
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+    /// Deadline of each try, in seconds (default: none, the provider's timeout bounds the
+    /// whole request). A try that runs out is retried on the next target.
+    #[serde(default)]
+    pub per_try_timeout_secs: Option<Spanned<u64>>,
+}
+
+/// The most tries of one request over an alias's targets.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The most targets one alias may list.
+pub const MAX_TARGETS: usize = 16;
+
+/// One target of a model, as [`ModelSection::targets_or_single`] gives them.
+#[derive(Debug, Clone)]
+pub struct TargetRef<'a> {
+    pub provider: &'a Spanned<String>,
+    pub model: &'a Spanned<String>,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+impl ModelSection {
+    /// Its targets: the `targets` list, or the one `provider` and `model`.
+    pub fn targets_or_single(&self) -> Vec<TargetRef<'_>> {
+        if !self.targets.is_empty() {
+            return self
+                .targets
+                .iter()
+                .map(|t| TargetRef {
+                    provider: &t.provider,
+                    model: &t.model,
+                    weight: t.weight(),
+                    priority: t.priority(),
+                })
+                .collect();
+        }
+        match (&self.provider, &self.model) {
+            (Some(provider), Some(model)) => vec![TargetRef {
+                provider,
+                model,
+                weight: 1,
+                priority: 0,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Tries in all for one request (see [`RetrySection::attempts`]).
+    pub fn attempts(&self) -> u32 {
+        self.retry
+            .as_ref()
+            .and_then(|r| r.attempts.as_ref())
+            .map_or((self.targets.len().max(1) as u32).min(MAX_ATTEMPTS), |a| {
+                a.value
+            })
+    }
 }
 
 /// A config problem: where it is and what is wrong.
@@ -446,6 +573,63 @@ impl ConfigFile {
                     ));
                 }
             }
+            let bedrock = provider.kind == ProviderKind::Bedrock;
+            match (&provider.region, bedrock) {
+                (None, true) => issues.push(issue(
+                    &format!("{path}.region"),
+                    name.referenced.line(),
+                    "a bedrock provider needs its AWS region, e.g. region: us-east-1".into(),
+                )),
+                (Some(region), false) => issues.push(issue(
+                    &format!("{path}.region"),
+                    region.referenced.line(),
+                    "applies only to kind: bedrock".into(),
+                )),
+                (Some(region), true)
+                    if region.value.is_empty()
+                        || !region
+                            .value
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+                {
+                    issues.push(issue(
+                        &format!("{path}.region"),
+                        region.referenced.line(),
+                        format!("'{}' is not an AWS region such as us-east-1", region.value),
+                    ))
+                }
+                _ => {}
+            }
+            for (field, env) in [
+                ("aws_access_key_id_env", &provider.aws_access_key_id_env),
+                (
+                    "aws_secret_access_key_env",
+                    &provider.aws_secret_access_key_env,
+                ),
+                ("aws_session_token_env", &provider.aws_session_token_env),
+            ] {
+                let Some(env) = env else { continue };
+                if !bedrock {
+                    issues.push(issue(
+                        &format!("{path}.{field}"),
+                        env.referenced.line(),
+                        "applies only to kind: bedrock".into(),
+                    ));
+                } else if !is_env_var_name(&env.value) {
+                    issues.push(issue(
+                        &format!("{path}.{field}"),
+                        env.referenced.line(),
+                        format!("'{}' is not an environment variable name", env.value),
+                    ));
+                }
+            }
+            if let (true, Some(env)) = (bedrock, &provider.api_key_env) {
+                issues.push(issue(
+                    &format!("{path}.api_key_env"),
+                    env.referenced.line(),
+                    "a bedrock provider signs with AWS credentials: use aws_access_key_id_env and aws_secret_access_key_env".into(),
+                ));
+            }
             if provider.timeout_secs == Some(0) {
                 issues.push(issue(
                     &format!("{path}.timeout_secs"),
@@ -471,29 +655,120 @@ impl ConfigFile {
                     format!("duplicate model name '{}'", model.name.value),
                 ));
             }
-            if !provider_names.contains_key(model.provider.value.as_str()) {
-                let mut known: Vec<&str> = provider_names.keys().copied().collect();
-                known.sort_unstable();
-                issues.push(issue(
-                    &format!("{path}.provider"),
-                    model.provider.referenced.line(),
-                    format!(
-                        "unknown provider '{}' (declared providers: {})",
-                        model.provider.value,
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
+            let unknown_provider =
+                |name: &Spanned<String>, at: &str, issues: &mut Vec<ConfigIssue>| {
+                    if !provider_names.contains_key(name.value.as_str()) {
+                        let mut known: Vec<&str> = provider_names.keys().copied().collect();
+                        known.sort_unstable();
+                        issues.push(issue(
+                            at,
+                            name.referenced.line(),
+                            format!(
+                                "unknown provider '{}' (declared providers: {})",
+                                name.value,
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        ));
+                    }
+                };
+            let line = model.name.referenced.line();
+            match (&model.provider, &model.model, model.targets.is_empty()) {
+                (Some(provider), Some(name), true) => {
+                    unknown_provider(provider, &format!("{path}.provider"), &mut issues);
+                    if name.value.trim().is_empty() {
+                        issues.push(issue(
+                            &format!("{path}.model"),
+                            name.referenced.line(),
+                            "must not be empty".into(),
+                        ));
+                    }
+                }
+                (None, None, false) => {
+                    if model.targets.len() > MAX_TARGETS {
+                        issues.push(issue(
+                            &format!("{path}.targets"),
+                            line,
+                            format!(
+                                "at most {MAX_TARGETS} targets (got {})",
+                                model.targets.len()
+                            ),
+                        ));
+                    }
+                    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+                    for (t, target) in model.targets.iter().enumerate() {
+                        let at = format!("{path}.targets[{t}]");
+                        unknown_provider(&target.provider, &format!("{at}.provider"), &mut issues);
+                        if target.model.value.trim().is_empty() {
+                            issues.push(issue(
+                                &format!("{at}.model"),
+                                target.model.referenced.line(),
+                                "must not be empty".into(),
+                            ));
                         }
-                    ),
-                ));
+                        if !seen.insert((&target.provider.value, &target.model.value)) {
+                            issues.push(issue(
+                                &at,
+                                target.provider.referenced.line(),
+                                format!(
+                                    "'{}' at '{}' is listed twice",
+                                    target.model.value, target.provider.value
+                                ),
+                            ));
+                        }
+                        if let Some(weight) = &target.weight {
+                            if !(1..=128).contains(&weight.value) {
+                                issues.push(issue(
+                                    &format!("{at}.weight"),
+                                    weight.referenced.line(),
+                                    format!("must be from 1 to 128 (got {})", weight.value),
+                                ));
+                            }
+                        }
+                        if let Some(priority) = &target.priority {
+                            if priority.value > 9 {
+                                issues.push(issue(
+                                    &format!("{at}.priority"),
+                                    priority.referenced.line(),
+                                    format!("must be from 0 to 9 (got {})", priority.value),
+                                ));
+                            }
+                        }
+                    }
+                }
+                (_, _, false) => issues.push(issue(
+                    &path,
+                    line,
+                    "give either provider and model, or targets, not both".into(),
+                )),
+                _ => issues.push(issue(
+                    &path,
+                    line,
+                    "needs a provider and a model (or a list of targets)".into(),
+                )),
             }
-            if model.model.value.trim().is_empty() {
-                issues.push(issue(
-                    &format!("{path}.model"),
-                    model.model.referenced.line(),
-                    "must not be empty".into(),
-                ));
+            if let Some(retry) = &model.retry {
+                if let Some(attempts) = &retry.attempts {
+                    if !(1..=MAX_ATTEMPTS).contains(&attempts.value) {
+                        issues.push(issue(
+                            &format!("{path}.retry.attempts"),
+                            attempts.referenced.line(),
+                            format!("must be from 1 to {MAX_ATTEMPTS} (got {})", attempts.value),
+                        ));
+                    }
+                }
+                if let Some(timeout) = &retry.per_try_timeout_secs {
+                    if timeout.value == 0 {
+                        issues.push(issue(
+                            &format!("{path}.retry.per_try_timeout_secs"),
+                            timeout.referenced.line(),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                }
             }
         }
         if let Some(auth) = &self.auth {
@@ -681,7 +956,7 @@ models:
     fn accepts_the_documented_shape() {
         let config = ConfigFile::parse(GOOD).expect("valid");
         assert_eq!(config.providers[0].name.value, "local-mock");
-        assert_eq!(config.models[0].model.value, "mock-small");
+        assert_eq!(config.models[0].model.as_ref().unwrap().value, "mock-small");
         assert_eq!(config.listen_addr().port(), 10000);
         assert_eq!(config.admin_addr().port(), 9901);
         assert_eq!(
@@ -789,6 +1064,80 @@ limits:
             err.contains("providers[0].endpoint (line 5): a mock provider"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn targets_and_provider_kinds_are_checked() {
+        let ok = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: o, kind: openai, endpoint: 'https://api.openai.com', api_key_env: OPENAI_API_KEY }
+  - { name: c, kind: anthropic, endpoint: 'https://api.anthropic.com', api_key_env: ANTHROPIC_API_KEY }
+  - { name: g, kind: gemini, endpoint: 'https://generativelanguage.googleapis.com', api_key_env: GEMINI_API_KEY }
+  - { name: b, kind: bedrock, endpoint: 'https://bedrock-runtime.us-east-1.amazonaws.com', region: us-east-1 }
+models:
+  - name: smart
+    retry: { attempts: 3, per_try_timeout_secs: 20 }
+    targets:
+      - { provider: c, model: claude-sonnet-4-5, weight: 3 }
+      - { provider: o, model: gpt-4o }
+      - { provider: b, model: 'anthropic.claude-3-5-sonnet-20240620-v1:0', priority: 1 }
+  - { name: flash, provider: g, model: gemini-2.5-flash }
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let smart = &ok.models[0];
+        assert_eq!(smart.attempts(), 3);
+        let targets = smart.targets_or_single();
+        assert_eq!(
+            targets
+                .iter()
+                .map(|t| (t.weight, t.priority))
+                .collect::<Vec<_>>(),
+            [(3, 0), (1, 0), (1, 1)]
+        );
+        assert_eq!(ok.models[1].targets_or_single().len(), 1);
+        assert_eq!(ok.models[1].attempts(), 1);
+
+        let err = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: o, kind: openai, endpoint: 'https://api.openai.com', region: us-east-1 }
+  - { name: b, kind: bedrock, endpoint: 'https://bedrock-runtime.us-east-1.amazonaws.com', api_key_env: K }
+  - { name: b2, kind: bedrock, endpoint: 'https://x.amazonaws.com', region: 'US East', aws_secret_access_key_env: 1X }
+models:
+  - name: both
+    provider: o
+    model: m
+    targets: [{ provider: o, model: m }]
+  - name: neither
+  - name: bad-targets
+    retry: { attempts: 9, per_try_timeout_secs: 0 }
+    targets:
+      - { provider: nope, model: m }
+      - { provider: o, model: m, weight: 0, priority: 12 }
+      - { provider: o, model: m }
+",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "providers[0].region (line 3): applies only to kind: bedrock",
+            "providers[1].region (line 4): a bedrock provider needs its AWS region",
+            "providers[1].api_key_env (line 4): a bedrock provider signs with AWS credentials",
+            "providers[2].region (line 5): 'US East' is not an AWS region",
+            "providers[2].aws_secret_access_key_env (line 5): '1X' is not an environment variable name",
+            "models[0] (line 7): give either provider and model, or targets, not both",
+            "models[1] (line 11): needs a provider and a model (or a list of targets)",
+            "models[2].retry.attempts (line 13): must be from 1 to 5 (got 9)",
+            "models[2].retry.per_try_timeout_secs (line 13): must be at least 1",
+            "models[2].targets[0].provider (line 15): unknown provider 'nope'",
+            "models[2].targets[1].weight (line 16): must be from 1 to 128 (got 0)",
+            "models[2].targets[1].priority (line 16): must be from 0 to 9 (got 12)",
+            "models[2].targets[2] (line 17): 'm' at 'o' is listed twice",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     #[test]

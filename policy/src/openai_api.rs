@@ -196,6 +196,10 @@ fn too_large(length: u64, limit: u64) -> LocalReply {
     )
 }
 
+/// What [`ForwardPlan::routing_value`] puts before an alias served through its own cluster
+/// (provider names cannot contain it).
+pub const TARGETS_ROUTE_PREFIX: char = '@';
+
 /// How to forward one LLM request.
 #[derive(Debug)]
 pub struct ForwardPlan {
@@ -221,8 +225,23 @@ pub struct ForwardPlan {
 }
 
 impl ForwardPlan {
-    /// The header (name, value) that authenticates Gantry to the provider, if it needs one.
+    /// The value of [`ROUTING_HEADER`] that sends the request on: the provider's name, or
+    /// `@<alias>` for an alias served through its own cluster (several targets, or a
+    /// translated provider), where Gantry's upstream filter adapts each attempt.
+    pub fn routing_value(&self) -> std::borrow::Cow<'_, str> {
+        if self.route.via_upstream_filter {
+            std::borrow::Cow::Owned(format!("{TARGETS_ROUTE_PREFIX}{}", self.route.alias))
+        } else {
+            std::borrow::Cow::Borrowed(&self.route.provider.name)
+        }
+    }
+
+    /// The header (name, value) that authenticates Gantry to the provider, if it needs one
+    /// (never for an alias served through the upstream filter, which sets it per attempt).
     pub fn credential(&self) -> Option<(&'static str, &str)> {
+        if self.route.via_upstream_filter {
+            return None;
+        }
         match &self.route.provider.credential {
             Credential::Header { name, value } => Some((name, value.expose())),
             _ => None,
@@ -296,7 +315,26 @@ pub fn plan_forward_in(
     let Some(route) = snapshot.model(&alias) else {
         return Err(unknown_model(snapshot, &alias));
     };
-    if let Credential::Missing { env } = &route.provider.credential {
+    if api != LlmApi::ChatCompletions {
+        if let Some(target) = route
+            .targets
+            .iter()
+            .find(|t| t.provider.kind.is_translated())
+        {
+            return Err(LocalReply::invalid_request(
+                400,
+                "unsupported_for_provider",
+                Some("model"),
+                format!(
+                    "model '{alias}' is served by provider '{}' ({}), which serves chat completions only",
+                    target.provider.name,
+                    target.provider.kind.as_str()
+                ),
+            ));
+        }
+    }
+    let all_unavailable = route.targets.iter().all(|t| !t.provider.is_available());
+    if let (true, Credential::Missing { env }) = (all_unavailable, &route.provider.credential) {
         return Err(LocalReply::openai_error(
             503,
             "service_unavailable",
@@ -360,7 +398,8 @@ pub fn plan_forward_in(
     } else {
         Vec::new()
     };
-    if route.upstream_model != alias {
+    // Through the upstream filter, each attempt gets its target's model there.
+    if route.upstream_model != alias && !route.via_upstream_filter {
         set(&mut object, "model", &route.upstream_model)?;
     }
     Ok(ForwardPlan {
@@ -372,7 +411,11 @@ pub fn plan_forward_in(
         guard_hits,
         routed_by,
         guard_selection,
-        upstream_path: route.provider.upstream_path(api, &route.upstream_model),
+        upstream_path: if route.via_upstream_filter {
+            None
+        } else {
+            route.provider.upstream_path(api, &route.upstream_model)
+        },
     })
 }
 

@@ -15,6 +15,8 @@ use crate::config::{ConfigFile, ProviderKind};
 use crate::endpoint::ProviderEndpoint;
 use crate::governance::GovernancePolicy;
 use crate::guard::GuardPolicy;
+use crate::translate::bedrock::AwsCredentials;
+use crate::translate::provider::{ProviderCredential, ProviderFormat};
 
 /// A provider's API key. Its `Debug` form is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,8 +53,13 @@ pub enum Credential {
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// The wire format it speaks.
+    pub format: ProviderFormat,
     pub endpoint: ProviderEndpoint,
+    /// What the downstream adapters inject (OpenAI-format kinds) or `Missing`.
     pub credential: Credential,
+    /// What the upstream filter authenticates with.
+    pub upstream_credential: ProviderCredential,
     pub timeout_secs: u64,
     pub mock: bool,
     /// `azure_openai`: the `api-version` query parameter.
@@ -69,7 +76,10 @@ impl Provider {
     /// path is put in front by Envoy's route, as for every provider.
     pub fn upstream_path(&self, api: crate::LlmApi, upstream_model: &str) -> Option<String> {
         match self.kind {
-            ProviderKind::Openai => None,
+            ProviderKind::Openai
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
+            | ProviderKind::Bedrock => None,
             ProviderKind::AzureOpenai => {
                 let operation = api.path().trim_start_matches("/v1/");
                 let deployment = path_segment(upstream_model);
@@ -99,8 +109,109 @@ fn path_segment(text: &str) -> String {
 #[derive(Debug)]
 pub struct ModelRoute {
     pub alias: String,
+    /// The first target's provider and model (the only ones, for a single-target alias).
     pub provider: Arc<Provider>,
     pub upstream_model: String,
+    /// Every place the alias may be served, in config order.
+    pub targets: Vec<Target>,
+    /// Whether requests go through the alias's own cluster, where Gantry's upstream filter
+    /// adapts each attempt to the target Envoy picked (several targets, or a translated
+    /// provider kind), rather than straight to the provider's route.
+    pub via_upstream_filter: bool,
+    /// Tries in all over the targets.
+    pub attempts: u32,
+    pub per_try_timeout_secs: Option<u64>,
+}
+
+/// One place an alias may be served.
+#[derive(Debug)]
+pub struct Target {
+    /// `<alias>/<index>`: how Envoy's endpoint metadata names it to the upstream filter.
+    pub id: String,
+    pub provider: Arc<Provider>,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+/// The id of target `index` of `alias` (see [`Target::id`]).
+pub fn target_id(alias: &str, index: usize) -> String {
+    format!("{alias}/{index}")
+}
+
+/// A provider's credentials: the header the downstream adapters inject (OpenAI-format kinds),
+/// and what the upstream filter signs or sends with (every kind). A missing variable makes
+/// the provider unavailable either way.
+fn provider_credentials(
+    section: &crate::config::ProviderSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Credential, ProviderCredential) {
+    let read = |name: &str| {
+        env(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if section.kind == ProviderKind::Bedrock {
+        let var = |field: &Option<serde_saphyr::Spanned<String>>, default: &str| {
+            field
+                .as_ref()
+                .map_or(default.to_string(), |f| f.value.clone())
+        };
+        let id_env = var(&section.aws_access_key_id_env, "AWS_ACCESS_KEY_ID");
+        let secret_env = var(&section.aws_secret_access_key_env, "AWS_SECRET_ACCESS_KEY");
+        let token_env = var(&section.aws_session_token_env, "AWS_SESSION_TOKEN");
+        let region = section
+            .region
+            .as_ref()
+            .map_or(String::new(), |r| r.value.clone());
+        return match (read(&id_env), read(&secret_env)) {
+            (Some(access_key_id), Some(secret_access_key)) => (
+                Credential::NotNeeded,
+                ProviderCredential::Aws {
+                    credentials: AwsCredentials {
+                        access_key_id,
+                        secret_access_key,
+                        session_token: read(&token_env),
+                    },
+                    region,
+                },
+            ),
+            (None, _) => (
+                Credential::Missing { env: id_env },
+                ProviderCredential::None,
+            ),
+            (_, None) => (
+                Credential::Missing { env: secret_env },
+                ProviderCredential::None,
+            ),
+        };
+    }
+    let Some(var) = &section.api_key_env else {
+        return (Credential::NotNeeded, ProviderCredential::None);
+    };
+    let Some(key) = read(&var.value) else {
+        return (
+            Credential::Missing {
+                env: var.value.clone(),
+            },
+            ProviderCredential::None,
+        );
+    };
+    let downstream = match section.kind {
+        ProviderKind::Openai => Credential::Header {
+            name: "authorization",
+            value: ApiKey(format!("Bearer {key}")),
+        },
+        ProviderKind::AzureOpenai => Credential::Header {
+            name: "api-key",
+            value: ApiKey(key.clone()),
+        },
+        // Sent by the upstream filter, the format's way.
+        ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock => {
+            Credential::NotNeeded
+        }
+    };
+    (downstream, ProviderCredential::ApiKey(key))
 }
 
 /// The compiled config. Shared behind an `Arc` and swapped whole on reload.
@@ -108,6 +219,8 @@ pub struct ModelRoute {
 pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     models: HashMap<String, Arc<ModelRoute>>,
+    /// Every target of every alias, by [`Target::id`], for the upstream filter.
+    targets_by_id: HashMap<String, (Arc<ModelRoute>, usize)>,
     pub max_request_body_bytes: u64,
     /// Names of the models clients can use now (their provider has its key), sorted.
     pub available_models: Vec<String>,
@@ -132,29 +245,19 @@ impl Snapshot {
             let Ok(endpoint) = section.endpoint() else {
                 continue; // unreachable on a validated config
             };
-            let credential = match &section.api_key_env {
-                None => Credential::NotNeeded,
-                Some(var) => match env(&var.value) {
-                    Some(key) if !key.trim().is_empty() => match section.kind {
-                        ProviderKind::Openai => Credential::Header {
-                            name: "authorization",
-                            value: ApiKey(format!("Bearer {}", key.trim())),
-                        },
-                        ProviderKind::AzureOpenai => Credential::Header {
-                            name: "api-key",
-                            value: ApiKey(key.trim().to_string()),
-                        },
-                    },
-                    _ => Credential::Missing {
-                        env: var.value.clone(),
-                    },
-                },
-            };
+            let (credential, upstream_credential) = provider_credentials(section, env);
             let provider = Arc::new(Provider {
                 name: section.name.value.clone(),
                 kind: section.kind,
+                format: match section.kind {
+                    ProviderKind::Openai | ProviderKind::AzureOpenai => ProviderFormat::OpenAi,
+                    ProviderKind::Anthropic => ProviderFormat::Anthropic,
+                    ProviderKind::Gemini => ProviderFormat::Gemini,
+                    ProviderKind::Bedrock => ProviderFormat::Bedrock,
+                },
                 endpoint,
                 credential,
+                upstream_credential,
                 timeout_secs: section.timeout_secs(),
                 mock: section.mock,
                 api_version: section.api_version().to_string(),
@@ -163,30 +266,58 @@ impl Snapshot {
             providers.push(provider);
         }
         let mut models = HashMap::with_capacity(config.models.len());
+        let mut targets_by_id = HashMap::new();
         let mut listed: Vec<serde_json::Value> = Vec::new();
         let mut available_models = Vec::new();
         for section in &config.models {
-            let Some(provider) = by_name.get(&section.provider.value) else {
+            let alias = section.name.value.clone();
+            let targets: Vec<Target> = section
+                .targets_or_single()
+                .iter()
+                .enumerate()
+                .filter_map(|(index, t)| {
+                    Some(Target {
+                        id: target_id(&alias, index),
+                        provider: by_name.get(&t.provider.value)?.clone(),
+                        upstream_model: t.model.value.clone(),
+                        weight: t.weight,
+                        priority: t.priority,
+                    })
+                })
+                .collect();
+            let Some(primary) = targets.first() else {
                 continue; // unreachable on a validated config
             };
-            if provider.is_available() {
-                available_models.push(section.name.value.clone());
-                listed.push(model_entry(&section.name.value, &provider.name));
+            let via_upstream_filter =
+                targets.len() > 1 || targets.iter().any(|t| t.provider.kind.is_translated());
+            if targets.iter().any(|t| t.provider.is_available()) {
+                available_models.push(alias.clone());
+                listed.push(model_entry(&alias, &primary.provider.name));
             }
-            models.insert(
-                section.name.value.clone(),
-                Arc::new(ModelRoute {
-                    alias: section.name.value.clone(),
-                    provider: provider.clone(),
-                    upstream_model: section.model.value.clone(),
-                }),
-            );
+            let route = Arc::new(ModelRoute {
+                alias: alias.clone(),
+                provider: primary.provider.clone(),
+                upstream_model: primary.upstream_model.clone(),
+                via_upstream_filter,
+                attempts: section.attempts(),
+                per_try_timeout_secs: section
+                    .retry
+                    .as_ref()
+                    .and_then(|r| r.per_try_timeout_secs.as_ref())
+                    .map(|t| t.value),
+                targets,
+            });
+            for (index, target) in route.targets.iter().enumerate() {
+                targets_by_id.insert(target.id.clone(), (route.clone(), index));
+            }
+            models.insert(alias, route);
         }
         available_models.sort_unstable();
         let models_list_body = list_body(&listed);
         Snapshot {
             providers,
             models,
+            targets_by_id,
             max_request_body_bytes: config.max_request_body_bytes(),
             available_models,
             models_list_body,
@@ -229,6 +360,25 @@ impl Snapshot {
     /// the headers and the caller only when some condition needs them.
     pub fn condition_uses(&self) -> crate::routing::VariableUse {
         self.routing.uses().union(self.guards.condition_uses())
+    }
+
+    /// Models served through Gantry's upstream filter (several targets, or a translated
+    /// provider kind), by name.
+    pub fn upstream_filter_models(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .models
+            .values()
+            .filter(|m| m.via_upstream_filter)
+            .map(|m| m.alias.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The alias and target an upstream filter's endpoint metadata names.
+    pub fn target(&self, id: &str) -> Option<(&Arc<ModelRoute>, &Target)> {
+        let (route, index) = self.targets_by_id.get(id)?;
+        Some((route, route.targets.get(*index)?))
     }
 
     pub fn model(&self, alias: &str) -> Option<&Arc<ModelRoute>> {

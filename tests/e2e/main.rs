@@ -10,6 +10,7 @@ mod dynamic_module;
 mod envoy_configs;
 mod errors;
 mod fail_mode;
+mod failover;
 mod governance;
 mod guard_webhooks;
 mod guards;

@@ -63,3 +63,54 @@ models:
         "an unverified upstream received the request"
     );
 }
+
+/// An alias's targets each get their own TLS (SNI, CA) in the alias's cluster: a target whose
+/// certificate is not trusted fails the attempt, and the retry on the next target succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_of_one_alias_each_get_their_own_tls() {
+    let mock = start_mock("secure", None).await;
+    let ca = TestCa::new("Gantry test CA");
+    let cert = ca.issue("localhost");
+    let upstream = mock.addr();
+    let front = tokio::task::spawn_blocking(move || TlsFront::start(upstream, "localhost", &cert))
+        .await
+        .unwrap();
+    let stranger = TestCa::new("Some other CA");
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: untrusted, kind: openai, endpoint: 'https://localhost:{port}', ca_file: {stranger} }}
+  - {{ name: secure, kind: openai, endpoint: 'https://localhost:{port}/', ca_file: {ca} }}
+models:
+  - name: t
+    targets:
+      - {{ provider: untrusted, model: untrusted-1 }}
+      - {{ provider: secure, model: secure-1, priority: 1 }}
+",
+        head = ports.config_head(),
+        port = front.port,
+        ca = ca.ca_file().display(),
+        stranger = stranger.ca_file().display(),
+    );
+    let stack = start_stack(ports, yaml, vec![]).await;
+    let response = post(
+        &stack.url("/v1/chat/completions"),
+        r#"{"model":"t","messages":[]}"#,
+    )
+    .await;
+    let target = response
+        .headers()
+        .get("x-gantry-target")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}\n{}", stack.process.logs());
+    assert_eq!(target.as_deref(), Some("secure/secure-1"));
+    let recorded = mock.recorded();
+    assert_eq!(recorded.len(), 1, "the untrusted attempt must not arrive");
+    assert_eq!(recorded[0].json().unwrap()["model"], "secure-1");
+    assert_eq!(
+        recorded[0].header("host"),
+        Some(&*format!("localhost:{}", front.port))
+    );
+}

@@ -1,0 +1,341 @@
+//! Aliases with several targets through the real Envoy: each attempt is adapted by Gantry's
+//! upstream filter to the target Envoy picked (model, key, path), a failed attempt (429, 500,
+//! a timeout, a dead provider) is retried on the next target, weights spread traffic, and a
+//! response header says which target answered. Translated provider kinds (Anthropic, Gemini,
+//! Bedrock) go the same way, one target each.
+
+use std::time::Duration;
+
+use gantry_mock_provider::{MockConfig, MockProvider};
+use gantry_testkit::{free_ports, StackPorts};
+
+use crate::{json_of, post, start_stack};
+
+async fn mock(
+    name: &str,
+    key: Option<&str>,
+    forced_status: Option<u16>,
+    delay: Duration,
+) -> MockProvider {
+    MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            name: name.into(),
+            expected_api_key: key.map(String::from),
+            forced_status,
+            first_byte_delay: delay,
+            chunk_delay: Duration::from_millis(1),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .expect("mock starts")
+}
+
+const KEY_ENV: &str = "GANTRY_TEST_FAILOVER_KEY";
+const KEY: &str = "failover-key";
+
+fn chat(model: &str) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_go_to_the_next_target_translated_for_it() {
+    let limited = mock("limited", None, Some(429), Duration::ZERO).await;
+    let broken = mock("broken", None, Some(500), Duration::ZERO).await;
+    let slow = mock("slow", None, None, Duration::from_secs(5)).await;
+    let healthy = mock("healthy", Some(KEY), None, Duration::ZERO).await;
+    let dead_port = free_ports(1)[0];
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: limited, kind: openai, endpoint: {limited} }}
+  - {{ name: broken, kind: openai, endpoint: {broken} }}
+  - {{ name: slow, kind: openai, endpoint: {slow} }}
+  - {{ name: dead, kind: openai, endpoint: 'http://127.0.0.1:{dead_port}' }}
+  - {{ name: healthy, kind: openai, endpoint: {healthy}, api_key_env: {KEY_ENV} }}
+models:
+  - name: after-429
+    targets:
+      - {{ provider: limited, model: l-1 }}
+      - {{ provider: healthy, model: h-1, priority: 1 }}
+  - name: after-500
+    targets:
+      - {{ provider: broken, model: b-1 }}
+      - {{ provider: healthy, model: h-2, priority: 1 }}
+  - name: after-timeout
+    retry: {{ per_try_timeout_secs: 1 }}
+    targets:
+      - {{ provider: slow, model: s-1 }}
+      - {{ provider: healthy, model: h-3, priority: 1 }}
+  - name: after-connect-failure
+    targets:
+      - {{ provider: dead, model: d-1 }}
+      - {{ provider: healthy, model: h-4, priority: 1 }}
+  - name: all-down
+    targets:
+      - {{ provider: limited, model: l-2 }}
+      - {{ provider: broken, model: b-2, priority: 1 }}
+",
+        head = ports.config_head(),
+        limited = limited.base_url(),
+        broken = broken.base_url(),
+        slow = slow.base_url(),
+        healthy = healthy.base_url(),
+    );
+    let stack = start_stack(ports, yaml, vec![(KEY_ENV, KEY)]).await;
+    let url = stack.url("/v1/chat/completions");
+    for (alias, upstream_model) in [
+        ("after-429", "h-1"),
+        ("after-500", "h-2"),
+        ("after-timeout", "h-3"),
+        ("after-connect-failure", "h-4"),
+    ] {
+        healthy.clear_recorded();
+        let response = post(&url, &chat(alias)).await;
+        let target = response
+            .headers()
+            .get("x-gantry-target")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "{alias}: {body}");
+        assert_eq!(
+            target.as_deref(),
+            Some(format!("healthy/{upstream_model}").as_str()),
+            "{alias}"
+        );
+        // The attempt on the healthy target was adapted to it: its model, its key.
+        let recorded = healthy.recorded();
+        assert_eq!(recorded.len(), 1, "{alias}");
+        assert_eq!(
+            recorded[0].json().unwrap()["model"],
+            upstream_model,
+            "{alias}"
+        );
+        assert_eq!(
+            recorded[0].header("authorization"),
+            Some(format!("Bearer {KEY}").as_str()),
+            "{alias}"
+        );
+    }
+    assert_eq!(limited.recorded()[0].json().unwrap()["model"], "l-1");
+    assert_eq!(broken.recorded()[0].json().unwrap()["model"], "b-1");
+
+    // When every target fails, the client gets the last one's error, as an OpenAI error.
+    let (status, body) = json_of(post(&url, &chat("all-down")).await).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+
+    let entry = stack.wait_for_access_log("a failed-over request", |e| e["model"] == "after-500");
+    assert_eq!(entry["status"], 200, "{entry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_spread_requests_over_targets_of_one_priority() {
+    let heavy = mock("heavy", None, None, Duration::ZERO).await;
+    let light = mock("light", None, None, Duration::ZERO).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: heavy, kind: openai, endpoint: {heavy} }}
+  - {{ name: light, kind: openai, endpoint: {light} }}
+models:
+  - name: spread
+    targets:
+      - {{ provider: heavy, model: big, weight: 3 }}
+      - {{ provider: light, model: small, weight: 1 }}
+",
+        head = ports.config_head(),
+        heavy = heavy.base_url(),
+        light = light.base_url(),
+    );
+    let stack = start_stack(ports, yaml, Vec::new()).await;
+    let url = stack.url("/v1/chat/completions");
+    const REQUESTS: usize = 400;
+    for _ in 0..REQUESTS {
+        let (status, body) = json_of(post(&url, &chat("spread")).await).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let heavy_share = heavy.recorded().len() as f64 / REQUESTS as f64;
+    assert_eq!(heavy.recorded().len() + light.recorded().len(), REQUESTS);
+    // 3:1 is 0.75; with 400 requests a weighted balancer stays well within ±0.08.
+    assert!(
+        (0.67..=0.83).contains(&heavy_share),
+        "heavy got {heavy_share:.3} of the requests"
+    );
+}
+
+const ANTHROPIC_KEY_ENV: &str = "GANTRY_TEST_ANTHROPIC_KEY";
+const GEMINI_KEY_ENV: &str = "GANTRY_TEST_GEMINI_KEY";
+const AWS_ID_ENV: &str = "GANTRY_TEST_AWS_ID";
+const AWS_SECRET_ENV: &str = "GANTRY_TEST_AWS_SECRET";
+const NATIVE_KEY: &str = "native-provider-secret";
+
+/// Reads an SSE body into its JSON payloads (`[DONE]` as a string).
+fn sse_payloads(text: &str) -> Vec<serde_json::Value> {
+    text.split("\n\n")
+        .filter_map(|event| event.trim().strip_prefix("data: "))
+        .map(|data| {
+            serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.into()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_clients_reach_anthropic_gemini_and_bedrock_in_their_own_formats() {
+    let anthropic = mock("anthropic", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let gemini = mock("gemini", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let bedrock = mock("bedrock", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let limited = mock("limited", None, Some(429), Duration::ZERO).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: claude, kind: anthropic, endpoint: {anthropic}, api_key_env: {ANTHROPIC_KEY_ENV} }}
+  - {{ name: google, kind: gemini, endpoint: {gemini}, api_key_env: {GEMINI_KEY_ENV} }}
+  - name: aws
+    kind: bedrock
+    endpoint: {bedrock}
+    region: us-east-1
+    aws_access_key_id_env: {AWS_ID_ENV}
+    aws_secret_access_key_env: {AWS_SECRET_ENV}
+  - {{ name: limited, kind: openai, endpoint: {limited} }}
+models:
+  - {{ name: claude, provider: claude, model: claude-sonnet-4-5 }}
+  - {{ name: gemini, provider: google, model: gemini-2.5-flash }}
+  - {{ name: bedrock, provider: aws, model: 'anthropic.claude-3-5-sonnet-20240620-v1:0' }}
+  - name: openai-then-claude
+    targets:
+      - {{ provider: limited, model: gpt-x }}
+      - {{ provider: claude, model: claude-haiku-4-5, priority: 1 }}
+",
+        head = ports.config_head(),
+        anthropic = anthropic.base_url(),
+        gemini = gemini.base_url(),
+        bedrock = bedrock.base_url(),
+        limited = limited.base_url(),
+    );
+    let stack = start_stack(
+        ports,
+        yaml,
+        vec![
+            (ANTHROPIC_KEY_ENV, NATIVE_KEY),
+            (GEMINI_KEY_ENV, NATIVE_KEY),
+            (AWS_ID_ENV, "AKIDGANTRYTEST"),
+            (AWS_SECRET_ENV, NATIVE_KEY),
+        ],
+    )
+    .await;
+    let url = stack.url("/v1/chat/completions");
+    let tools = serde_json::json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }}]);
+    for (alias, native, path_part) in [
+        ("claude", &anthropic, "/v1/messages"),
+        ("gemini", &gemini, ":generateContent"),
+        ("bedrock", &bedrock, "/converse"),
+        ("openai-then-claude", &anthropic, "/v1/messages"),
+    ] {
+        native.clear_recorded();
+        // JSON.
+        let response = post(&url, &chat(alias)).await;
+        let provider = response
+            .headers()
+            .get("x-gantry-provider")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "{alias}: {body}");
+        assert_eq!(body["object"], "chat.completion", "{alias}: {body}");
+        assert!(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some_and(|t| t.contains("mock")),
+            "{alias}: {body}"
+        );
+        assert!(
+            body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0,
+            "{alias}: {body}"
+        );
+        assert!(provider.is_some(), "{alias}: no x-gantry-provider");
+        let recorded = native.recorded();
+        assert!(
+            recorded.iter().any(|r| r.path.contains(path_part)),
+            "{alias}: {:?}",
+            recorded.iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+
+        // Streamed, with usage (Gantry asks for it and strips it again: the client did not).
+        let body = serde_json::json!({"model": alias, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let response = post(&url, &body.to_string()).await;
+        assert_eq!(response.status(), 200, "{alias}");
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/event-stream")),
+            "{alias}"
+        );
+        let payloads = sse_payloads(&response.text().await.unwrap());
+        assert_eq!(
+            payloads.last(),
+            Some(&serde_json::Value::String("[DONE]".into())),
+            "{alias}"
+        );
+        let text: String = payloads
+            .iter()
+            .filter_map(|p| {
+                p.pointer("/choices/0/delta/content")
+                    .and_then(|v| v.as_str())
+            })
+            .collect();
+        assert!(text.contains("mock"), "{alias}: {payloads:?}");
+
+        // A tool call, then its result.
+        let body = serde_json::json!({"model": alias, "tools": tools,
+            "messages": [{"role": "user", "content": "weather in Paris?"}]});
+        let (status, reply) = json_of(post(&url, &body.to_string()).await).await;
+        assert_eq!(status, 200, "{alias}: {reply}");
+        let call = reply["choices"][0]["message"]["tool_calls"][0].clone();
+        assert_eq!(call["function"]["name"], "get_weather", "{alias}: {reply}");
+        let body = serde_json::json!({"model": alias, "tools": tools, "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+        ]});
+        let (status, reply) = json_of(post(&url, &body.to_string()).await).await;
+        assert_eq!(status, 200, "{alias}: {reply}");
+        assert_eq!(
+            reply["choices"][0]["message"]["content"], "the tool said: sunny",
+            "{alias}: {reply}"
+        );
+    }
+
+    // A provider error comes back as an OpenAI error with its status.
+    let response = crate::http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-mock-status", "400")
+        .body(chat("claude"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+
+    // Embeddings cannot go to a chat-only provider: refused before anything is sent.
+    let (status, body) = json_of(
+        post(
+            &stack.url("/v1/embeddings"),
+            r#"{"model":"claude","input":"hi"}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_for_provider", "{body}");
+}
