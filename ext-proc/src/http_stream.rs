@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use gantry_policy::front_door::{FrontDoor, CANONICAL_CHAT_PATH};
 use gantry_policy::governance::ledger::{Nanos, SpendOutcome, NANOS_PER_USD};
 use gantry_policy::governance::metering::format_usd;
 use gantry_policy::governance::prices::TokenCounts;
@@ -238,6 +239,12 @@ pub struct HttpStream {
     head: RequestHead,
     /// A planned request waiting for its webhook guards ([`HttpStream::resume`]).
     deferred: Option<Box<Deferred>>,
+    /// The API the client speaks; not OpenAI's, every reply is converted back to it.
+    front_door: FrontDoor,
+    /// The model the client asked for (what a converted reply names).
+    client_model: String,
+    /// A streamed reply being converted for the front door.
+    front_stream: Option<Box<dyn gantry_policy::translate::StreamTranslator + Sync>>,
 }
 
 /// A request body whose answer waits for webhook guards.
@@ -261,6 +268,9 @@ impl HttpStream {
             caller: Caller::default(),
             head: RequestHead::default(),
             deferred: None,
+            front_door: FrontDoor::OpenAi,
+            client_model: String::new(),
+            front_stream: None,
         }
     }
 
@@ -309,6 +319,80 @@ impl HttpStream {
     /// that waits for webhook guards: it first gets an `override_message_timeout`, then its
     /// answer from [`HttpStream::resume`].
     pub async fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
+        let body_chunk = match &message.request {
+            Some(Request::ResponseBody(body)) => Some((body.body.clone(), body.end_of_stream)),
+            _ => None,
+        };
+        let response = self.handle_canonical(message).await;
+        if self.front_door == FrontDoor::OpenAi {
+            return response;
+        }
+        self.convert_for_front_door(response, body_chunk)
+    }
+
+    /// Converts what [`HttpStream::handle_canonical`] answered for a client of another API:
+    /// Gantry's own replies, and the provider's reply body (whole or streamed).
+    fn convert_for_front_door(
+        &mut self,
+        mut response: ProcessingResponse,
+        body_chunk: Option<(Vec<u8>, bool)>,
+    ) -> ProcessingResponse {
+        let door = self.front_door;
+        match &mut response.response {
+            Some(Response::ImmediateResponse(immediate)) => {
+                let status = immediate.status.as_ref().map_or(500, |s| s.code as u16);
+                let body = std::mem::take(&mut immediate.body);
+                let reply = LocalReply {
+                    status,
+                    body: body.into(),
+                    details: "",
+                    headers: Vec::new(),
+                };
+                immediate.body = door.reply(reply).body.to_vec();
+            }
+            Some(Response::ResponseBody(body_response)) => {
+                let Some((original, end_of_stream)) = body_chunk else {
+                    return response;
+                };
+                let Phase::Forwarded(exchange) = &self.phase else {
+                    return response;
+                };
+                let status = exchange.status.unwrap_or(200);
+                let common = body_response.response.get_or_insert_with(Default::default);
+                let canonical = match common
+                    .body_mutation
+                    .as_ref()
+                    .and_then(|m| m.mutation.as_ref())
+                {
+                    Some(Mutation::Body(bytes)) => bytes.clone(),
+                    _ => original,
+                };
+                let converted = match &mut self.front_stream {
+                    Some(stream) => {
+                        let mut out = stream.push(&canonical);
+                        if end_of_stream {
+                            out.extend(stream.finish());
+                        }
+                        Some(out)
+                    }
+                    None if end_of_stream => {
+                        door.whole_reply(status, &canonical, &self.client_model)
+                    }
+                    // A whole reply arrives in one piece (BUFFERED).
+                    None => None,
+                };
+                if let Some(bytes) = converted {
+                    common.body_mutation = Some(BodyMutation {
+                        mutation: Some(Mutation::Body(bytes)),
+                    });
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+
+    async fn handle_canonical(&mut self, message: ProcessingRequest) -> ProcessingResponse {
         match message.request {
             Some(Request::RequestHeaders(headers)) => {
                 self.caller = caller_from_metadata(
@@ -337,6 +421,14 @@ impl HttpStream {
         let method = header(map, ":method").unwrap_or("");
         let path = header(map, ":path").unwrap_or("");
         let content_length = header(map, "content-length").and_then(|v| v.parse().ok());
+        // Another API's call is decided on as the canonical one it becomes.
+        let path = match FrontDoor::for_path(path.split('?').next().unwrap_or("")) {
+            Some(door) => {
+                self.front_door = door;
+                CANONICAL_CHAT_PATH
+            }
+            _ => path,
+        };
         match decide_on_head(
             &self.snapshot,
             method,
@@ -395,13 +487,26 @@ impl HttpStream {
             ));
         }
         self.phase = Phase::Idle;
+        let converted;
+        let client_body: &[u8] = if self.front_door == FrontDoor::OpenAi {
+            &body.body
+        } else {
+            match self.front_door.canonical_request(&body.body) {
+                Ok((canonical, model)) => {
+                    self.client_model = model;
+                    converted = canonical;
+                    &converted
+                }
+                Err(reply) => return immediate(&reply),
+            }
+        };
         let request = RequestContext {
             caller: &self.caller,
             method: &self.head.method,
             path: &self.head.path,
             headers: &self.head.headers,
         };
-        let plan = match plan_forward_in(&self.snapshot, api, &body.body, &request) {
+        let plan = match plan_forward_in(&self.snapshot, api, client_body, &request) {
             Ok(plan) => plan,
             Err(reply) => {
                 tracing::debug!(
@@ -417,7 +522,7 @@ impl HttpStream {
             let wait = (budget + WEBHOOK_MARGIN).min(MAX_OVERRIDE);
             self.deferred = Some(Box::new(Deferred {
                 plan,
-                client_body: body.body.clone(),
+                client_body: client_body.to_vec(),
             }));
             return ProcessingResponse {
                 override_message_timeout: Some(envoy_types::pb::google::protobuf::Duration {
@@ -427,7 +532,8 @@ impl HttpStream {
                 ..Default::default()
             };
         }
-        self.forward(plan, &body.body).await
+        let client_body = client_body.to_vec();
+        self.forward(plan, &client_body).await
     }
 
     /// Sends a planned request on: meters it, then rewrites it into the upstream request.
@@ -458,8 +564,13 @@ impl HttpStream {
         if let Some((name, value)) = credential {
             set_headers.push(set_header(name, value));
         }
-        if let Some(path) = &plan.upstream_path {
-            set_headers.push(set_header(":path", path));
+        match (&plan.upstream_path, self.front_door) {
+            (Some(path), _) => set_headers.push(set_header(":path", path)),
+            // Another API's call goes on as the canonical one.
+            (None, FrontDoor::Anthropic) => {
+                set_headers.push(set_header(":path", CANONICAL_CHAT_PATH))
+            }
+            (None, FrontDoor::OpenAi) => {}
         }
         let caller = |value: &Option<String>| string_value(value.as_deref().unwrap_or(""));
         let mut fields = vec![
@@ -690,9 +801,22 @@ impl HttpStream {
             );
         }
         let success = (200..300).contains(&status);
-        let mode = if !success || headers.end_of_stream {
+        let front_door = self.front_door != FrontDoor::OpenAi;
+        let mut remove_headers = Vec::new();
+        if front_door {
+            // Converted replies change size.
+            remove_headers.push("content-length".to_string());
+        }
+        let mode = if front_door && !success && !headers.end_of_stream {
+            // Read only to convert the error for the client's API.
+            exchange.response = ResponseBody::Ignored;
+            Some(BodySendMode::Buffered)
+        } else if !success || headers.end_of_stream {
             None
         } else if content_type.starts_with("text/event-stream") {
+            if front_door {
+                self.front_stream = self.front_door.stream(&self.client_model);
+            }
             exchange.response = ResponseBody::Streamed(Box::new(ResponseStream::selected(
                 exchange.plan.api,
                 exchange.plan.usage_injected,
@@ -706,8 +830,8 @@ impl HttpStream {
         } else {
             None
         };
-        if mode.is_none() {
-            // No body will be read: settle now.
+        if mode.is_none() || !success {
+            // No body will be read for its usage: settle now.
             if let Some(metered) = exchange.metered.take() {
                 if success {
                     // Success without a readable usage: bill the estimate.
@@ -724,7 +848,7 @@ impl HttpStream {
                 response: Some(CommonResponse {
                     header_mutation: Some(HeaderMutation {
                         set_headers,
-                        remove_headers: vec![],
+                        remove_headers,
                     }),
                     ..Default::default()
                 }),

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod endpoint;
+pub mod front_door;
 pub mod governance;
 pub mod guard;
 pub mod json_object;

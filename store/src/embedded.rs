@@ -1869,7 +1869,21 @@ mod tests {
             [],
         )
         .expect("insert");
-        let message = corrupt_message(EmbeddedStore::open(&path, StoreDurability::Normal));
+        // The dropped store's lock is released at once, unless a process another test forks
+        // at that moment still shares the lock file's descriptor until it execs: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let reopened = loop {
+            match EmbeddedStore::open(&path, StoreDurability::Normal) {
+                Err(StoreError::Unavailable(message))
+                    if message.contains("another Gantry process")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        let message = corrupt_message(reopened);
         assert!(message.contains("cannot load counters"), "{message}");
     }
 
