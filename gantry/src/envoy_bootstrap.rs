@@ -938,6 +938,57 @@ fn target_route_and_cluster(
     Ok(Some((route, cluster)))
 }
 
+/// Removes, from the alias clusters in `clusters`, the endpoints of targets whose provider has
+/// no credentials in `env` (unless that would leave the alias no target at all: its requests
+/// are then refused by the downstream filter, naming the missing variable).
+pub fn drop_unavailable_targets(
+    clusters: &mut Value,
+    config: &ConfigFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    let snapshot = gantry_policy::Snapshot::compile(config, env);
+    let Some(clusters) = clusters.as_array_mut() else {
+        return;
+    };
+    for cluster in clusters {
+        let Some(alias) = cluster["name"]
+            .as_str()
+            .and_then(|n| n.strip_prefix(TARGET_CLUSTER_PREFIX))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Some(route) = snapshot.model(&alias) else {
+            continue;
+        };
+        if !route.targets.iter().any(|t| t.provider.is_available()) {
+            continue;
+        }
+        let available = |endpoint: &Value| {
+            endpoint["metadata"]["filter_metadata"]["gantry"][TARGET_METADATA_KEY]
+                .as_str()
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| route.targets.get(i))
+                .is_none_or(|t| t.provider.is_available())
+        };
+        if let Some(levels) = cluster["load_assignment"]["endpoints"].as_array_mut() {
+            for level in levels.iter_mut() {
+                if let Some(endpoints) = level["lb_endpoints"].as_array_mut() {
+                    endpoints.retain(|e| available(e));
+                }
+            }
+            levels.retain(|level| {
+                level["lb_endpoints"]
+                    .as_array()
+                    .is_some_and(|e| !e.is_empty())
+            });
+            for (rank, level) in levels.iter_mut().enumerate() {
+                level["priority"] = json!(rank);
+            }
+        }
+    }
+}
+
 fn tls_socket(host: &str, ca_file: &str) -> Value {
     json!({
         "name": "envoy.transport_sockets.tls",
@@ -998,10 +1049,16 @@ pub fn render_dynamic(
     version: u64,
 ) -> Result<DynamicBootstrap, RenderError> {
     let mut full = render_with(config, mode)?;
-    let static_resources = full
+    let mut static_resources = full
         .as_object_mut()
         .and_then(|o| o.remove("static_resources"))
         .unwrap_or_default();
+    // `gantry run` hands its own environment to Envoy and Gantry: targets without their
+    // credentials there are left out, so that Envoy never picks them (the upstream filter could
+    // only refuse such an attempt, and Envoy does not retry a filter's refusal).
+    drop_unavailable_targets(&mut static_resources["clusters"], config, &|name| {
+        std::env::var(name).ok()
+    });
     let resources = |key: &str, type_url: &str| -> Value {
         let items: Vec<Value> = static_resources[key]
             .as_array()

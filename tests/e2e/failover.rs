@@ -54,7 +54,12 @@ async fn failed_attempts_go_to_the_next_target_translated_for_it() {
   - {{ name: slow, kind: openai, endpoint: {slow} }}
   - {{ name: dead, kind: openai, endpoint: 'http://127.0.0.1:{dead_port}' }}
   - {{ name: healthy, kind: openai, endpoint: {healthy}, api_key_env: {KEY_ENV} }}
+  - {{ name: keyless, kind: openai, endpoint: {limited}, api_key_env: GANTRY_TEST_FAILOVER_UNSET_KEY }}
 models:
+  - name: after-missing-key
+    targets:
+      - {{ provider: keyless, model: k-1 }}
+      - {{ provider: healthy, model: h-5, priority: 1 }}
   - name: after-429
     targets:
       - {{ provider: limited, model: l-1 }}
@@ -90,6 +95,8 @@ models:
         ("after-500", "h-2"),
         ("after-timeout", "h-3"),
         ("after-connect-failure", "h-4"),
+        // A target without its key is left out of the cluster: never tried.
+        ("after-missing-key", "h-5"),
     ] {
         healthy.clear_recorded();
         let response = post(&url, &chat(alias)).await;
@@ -120,6 +127,13 @@ models:
         );
     }
     assert_eq!(limited.recorded()[0].json().unwrap()["model"], "l-1");
+    assert!(
+        limited
+            .recorded()
+            .iter()
+            .all(|r| r.json().unwrap()["model"] != "k-1"),
+        "the target without its key was tried"
+    );
     assert_eq!(broken.recorded()[0].json().unwrap()["model"], "b-1");
 
     // When every target fails, the client gets the last one's error, as an OpenAI error.
