@@ -545,6 +545,21 @@ impl StreamFilter {
     /// The head decision: `Some(api)` when the body is needed, `None` when answered here.
     fn decide(&mut self, stream: &Stream, head: &Head, end_of_stream: bool) -> Option<LlmApi> {
         let snapshot = &self.config.snapshot;
+        let path = head.path.split('?').next().unwrap_or("");
+        if let Some(door) = gantry_policy::front_door::FrontDoor::for_path(path) {
+            // Said in the client's own API, so its SDK shows why.
+            let reply = door.reply(LocalReply::openai_error(
+                404,
+                "invalid_request_error",
+                "unsupported_api",
+                None,
+                format!(
+                    "{path} is served when Gantry runs in ext_proc mode; this gateway runs Gantry's dynamic module, which serves the OpenAI API only"
+                ),
+            ));
+            send_local_reply(stream, &reply);
+            return None;
+        }
         match decide_on_head(
             snapshot,
             &head.method,

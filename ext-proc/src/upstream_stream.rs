@@ -173,13 +173,11 @@ impl UpstreamStream {
                 if let Some(object) = chat.as_object_mut() {
                     object.insert("model".into(), target.upstream_model.clone().into());
                 }
-                let api = LlmApi::ChatCompletions.path();
-                let path = match api_of(&self.path) {
-                    Some(api) => provider
-                        .upstream_path(api, &target.upstream_model)
-                        .unwrap_or_else(|| self.path.clone()),
-                    None => api.to_string(),
-                };
+                // The client's API (an Anthropic front door's call arrives as chat).
+                let api = api_of(&self.path).unwrap_or(LlmApi::ChatCompletions);
+                let path = provider
+                    .upstream_path(api, &target.upstream_model)
+                    .unwrap_or_else(|| api.path().to_string());
                 let mut headers = Vec::new();
                 if let Credential::Header { name, value } = &provider.credential {
                     headers.push((name.to_string(), value.expose().to_string()));

@@ -227,3 +227,40 @@ guards:
     assert_eq!(status, 429, "{reply}");
     assert_eq!(reply["error"]["type"], "rate_limit_error", "{reply}");
 }
+
+/// The dynamic module serves the OpenAI API only: an Anthropic client learns why, in its own
+/// error shape, and nothing is sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_module_answers_anthropic_clients_in_their_own_shape() {
+    let openai = mock("openai", None).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: openai, kind: openai, endpoint: {openai} }}
+models:
+  - {{ name: gpt, provider: openai, model: gpt-4o }}
+",
+        head = ports.config_head(),
+        openai = openai.base_url(),
+    );
+    let stack =
+        crate::start_stack_on(gantry_testkit::PolicyPath::Module, ports, yaml, Vec::new()).await;
+    let (status, reply) = json_of(
+        messages(
+            &stack.url("/v1/messages"),
+            &json!({"model": "gpt", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404, "{reply}");
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["error"]["type"], "not_found_error", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ext_proc mode")),
+        "{reply}"
+    );
+    assert!(openai.recorded().is_empty());
+}
