@@ -319,8 +319,11 @@ impl HttpStream {
     /// that waits for webhook guards: it first gets an `override_message_timeout`, then its
     /// answer from [`HttpStream::resume`].
     pub async fn handle(&mut self, message: ProcessingRequest) -> ProcessingResponse {
+        // Only a client of another API needs the chunk again, to convert it.
         let body_chunk = match &message.request {
-            Some(Request::ResponseBody(body)) => Some((body.body.clone(), body.end_of_stream)),
+            Some(Request::ResponseBody(body)) if self.front_door != FrontDoor::OpenAi => {
+                Some((body.body.clone(), body.end_of_stream))
+            }
             _ => None,
         };
         let response = self.handle_canonical(message).await;
@@ -532,8 +535,7 @@ impl HttpStream {
                 ..Default::default()
             };
         }
-        let client_body = client_body.to_vec();
-        self.forward(plan, &client_body).await
+        self.forward(plan, client_body).await
     }
 
     /// Sends a planned request on: meters it, then rewrites it into the upstream request.

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::handler::{ApiError, Controls};
-use crate::openai::{split_into_pieces, sse_response, word_count};
+use crate::openai::{first_words, split_into_pieces, sse_response, word_count};
 use crate::{controls, Shared};
 
 /// The one path this format answers.
@@ -304,12 +304,8 @@ impl Reply {
             Some((at, sequence)) => (full[..at].to_owned(), "stop_sequence", Some(sequence)),
             None => (full, "end_turn", None),
         };
-        if word_count(&text) > max_tokens {
-            let kept: Vec<&str> = text
-                .split_whitespace()
-                .take(usize::try_from(max_tokens).unwrap_or(usize::MAX))
-                .collect();
-            text = kept.join(" ");
+        if let Some(kept) = first_words(&text, max_tokens) {
+            text = kept;
             stop_reason = "max_tokens";
         }
         let stop_sequence = stop_sequence.filter(|_| stop_reason == "stop_sequence");

@@ -43,7 +43,7 @@ use gantry_policy::translate::bedrock::{
 use serde_json::{json, Map, Value};
 
 use crate::handler::{ApiError, Controls};
-use crate::openai::{split_into_pieces, word_count};
+use crate::openai::{first_words, split_into_pieces, word_count};
 use crate::{controls, Shared};
 
 /// How far `x-amz-date` may be from the mock's clock when the signature is verified.
@@ -624,18 +624,12 @@ fn frame(kind: &str, mut payload: Value, index: usize) -> Vec<u8> {
 }
 
 fn text_answer(full: String, max_tokens: Option<u64>) -> Answer {
-    match max_tokens {
-        Some(limit) if word_count(&full) > limit => {
-            let kept: Vec<&str> = full
-                .split_whitespace()
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                .collect();
-            Answer::Text {
-                text: kept.join(" "),
-                stop_reason: "max_tokens",
-            }
-        }
-        _ => Answer::Text {
+    match max_tokens.and_then(|limit| first_words(&full, limit)) {
+        Some(kept) => Answer::Text {
+            text: kept,
+            stop_reason: "max_tokens",
+        },
+        None => Answer::Text {
             text: full,
             stop_reason: "end_turn",
         },

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::handler::{ApiError, Controls};
-use crate::openai::{split_into_pieces, sse_response, word_count};
+use crate::openai::{first_words, split_into_pieces, sse_response, word_count};
 use crate::{controls, Shared};
 
 /// The header Gemini reads the API key from.
@@ -430,18 +430,12 @@ impl Reply {
 }
 
 fn text_answer(text: String, max_tokens: Option<u64>) -> Answer {
-    match max_tokens {
-        Some(limit) if word_count(&text) > limit => {
-            let kept: Vec<&str> = text
-                .split_whitespace()
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                .collect();
-            Answer::Text {
-                text: kept.join(" "),
-                finish_reason: "MAX_TOKENS",
-            }
-        }
-        _ => Answer::Text {
+    match max_tokens.and_then(|limit| first_words(&text, limit)) {
+        Some(kept) => Answer::Text {
+            text: kept,
+            finish_reason: "MAX_TOKENS",
+        },
+        None => Answer::Text {
             text,
             finish_reason: "STOP",
         },

@@ -16,26 +16,11 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::handler::ApiError;
+// The moderation categories the mock reports: the OpenAI API's, as the policy knows them.
+use gantry_policy::config::MODERATION_CATEGORIES as CATEGORIES;
 
 /// How long `WEBHOOK-SLOW` keeps the guard webhook from answering.
 pub const SLOW_GUARD: Duration = Duration::from_secs(5);
-
-/// The moderation categories the mock reports (the OpenAI API's list).
-const CATEGORIES: &[&str] = &[
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-];
 
 /// Whether a guard webhook request should be answered late.
 pub(crate) fn is_slow(body: &[u8]) -> bool {

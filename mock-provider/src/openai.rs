@@ -572,14 +572,11 @@ impl Reply {
                 return Err(ApiError::invalid_request("max_tokens must be at least 1")
                     .with_param("max_tokens"))
             }
-            Some(limit) if word_count(&full) > limit => {
-                let kept: Vec<&str> = full
-                    .split_whitespace()
-                    .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                    .collect();
-                (kept.join(" "), "length")
-            }
-            _ => (full, "stop"),
+            Some(limit) => match first_words(&full, limit) {
+                Some(kept) => (kept, "length"),
+                None => (full, "stop"),
+            },
+            None => (full, "stop"),
         };
         let completion_tokens = word_count(&text);
         Ok(Reply {
@@ -699,6 +696,17 @@ pub(crate) fn split_into_pieces(text: &str, count: usize) -> Vec<String> {
     (0..count)
         .map(|i| units[i * total / count..(i + 1) * total / count].concat())
         .collect()
+}
+
+/// The first `limit` words of `text`, when it has more (a reply cut at `max_tokens`, one token
+/// per word in every mock format).
+pub(crate) fn first_words(text: &str, limit: u64) -> Option<String> {
+    (word_count(text) > limit).then(|| {
+        text.split_whitespace()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 #[cfg(test)]

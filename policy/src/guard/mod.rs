@@ -770,26 +770,21 @@ impl GuardPolicy {
                 hits: Vec::new(),
             };
         }
-        let selected: Vec<&RequestGuard>;
-        let (guards, scopes): (&[&RequestGuard], ScopeSet) = if selection.off.is_empty() {
-            selected = self.request.iter().collect();
-            (&selected, self.scopes)
+        // Without `when` conditions every guard runs: no per-request work here.
+        let scopes = if selection.off.is_empty() {
+            self.scopes
         } else {
-            selected = self
-                .request
+            self.request
                 .iter()
                 .filter(|g| selection.runs(g.index))
-                .collect();
-            let scopes = selected
-                .iter()
-                .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes));
-            (&selected, scopes)
+                .fold(ScopeSet::NONE, |all, guard| all.union(guard.scopes))
         };
-        if guards.is_empty() {
+        if scopes.is_empty() {
             return GuardVerdict::Forward { hits: Vec::new() };
         }
         let mut scan = Scan {
-            guards,
+            guards: &self.request,
+            selection,
             hits: Vec::new(),
             rejected: None,
             found: Vec::new(),
@@ -860,7 +855,9 @@ fn rejection(hit: &GuardHit) -> LocalReply {
 
 /// The guards' pass over one request.
 struct Scan<'g> {
-    guards: &'g [&'g RequestGuard],
+    guards: &'g [RequestGuard],
+    /// Guards whose `when` did not hold are skipped.
+    selection: &'g GuardSelection,
     hits: Vec<GuardHit>,
     /// The index in `hits` of the hit that refused the request.
     rejected: Option<usize>,
@@ -882,7 +879,7 @@ impl Scan<'_> {
         // Shared by every guard with `prompt_injection` (they share the heuristics).
         let mut analysis: Option<injection::Analysis> = None;
         for guard in self.guards {
-            if !guard.scopes.intersects(scope) {
+            if !guard.scopes.intersects(scope) || !self.selection.runs(guard.index) {
                 continue;
             }
             self.found.clear();
