@@ -27,7 +27,7 @@ use gantry_policy::governance::metering::format_usd;
 use gantry_policy::governance::prices::TokenCounts;
 use gantry_policy::governance::{Caller, GovernancePolicy, Judgement, Metering, ScopeFacts};
 use gantry_policy::guard::response::ResponseVerdict;
-use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER};
+use gantry_policy::openai_api::{MODELS_LIST_DETAILS, ROUTING_HEADER, TARGETS_HEADER};
 use gantry_policy::response_stream::ResponseStream;
 use gantry_policy::routing::RequestContext;
 use gantry_policy::usage::usage_from_json;
@@ -558,11 +558,16 @@ impl HttpStream {
             set_header("content-length", &upstream_body.len().to_string()),
         ];
         let credential = plan.credential();
-        let remove_headers: Vec<String> = ForwardPlan::CLIENT_CREDENTIAL_HEADERS
+        let mut remove_headers: Vec<String> = ForwardPlan::CLIENT_CREDENTIAL_HEADERS
             .iter()
             .filter(|name| credential.is_none_or(|(set, _)| set != **name))
             .map(|name| name.to_string())
             .collect();
+        // Which targets may serve is Gantry's to say, never the client's.
+        match plan.targets_value() {
+            Some(mask) => set_headers.push(set_header(TARGETS_HEADER, &mask)),
+            None => remove_headers.push(TARGETS_HEADER.to_string()),
+        }
         if let Some((name, value)) = credential {
             set_headers.push(set_header(name, value));
         }

@@ -8,8 +8,8 @@
 //!
 //! Envoy names the target in the endpoint's metadata (`gantry.target`, its index in the alias's
 //! targets), read through the `xds.upstream_host_metadata` attribute of the request headers
-//! message; the alias is the cluster's name after [`TARGET_CLUSTER_PREFIX`]
-//! (`xds.cluster_name`).
+//! message; the alias is in the cluster's name (`xds.cluster_name`, see
+//! [`target_cluster_name`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use gantry_policy::openai_api::ROUTING_HEADER;
-use gantry_policy::snapshot::{Credential, ModelRoute, Target};
+use gantry_policy::snapshot::{Credential, ModelRoute, Target, TargetMask};
 use gantry_policy::translate::provider::ProviderFormat;
 use gantry_policy::translate::StreamTranslator;
 use gantry_policy::{LlmApi, LocalReply, Snapshot};
@@ -34,6 +34,27 @@ use crate::http_stream::{header, immediate, respond, set_header, UPSTREAM_MODEL_
 
 /// Names of the clusters that serve an alias through the upstream filter: this, then the alias.
 pub const TARGET_CLUSTER_PREFIX: &str = "model_";
+/// Names of the clusters that serve an alias with only some of its targets (those a request's
+/// `when` conditions leave): this, the hex [`TargetMask`], `_`, then the alias.
+pub const SUBSET_CLUSTER_PREFIX: &str = "model~";
+
+/// The name of the cluster serving `alias` with all its targets (`subset: None`) or only
+/// those in `subset`. Names of the two kinds never collide, whatever the alias.
+pub fn target_cluster_name(alias: &str, subset: Option<TargetMask>) -> String {
+    match subset {
+        None => format!("{TARGET_CLUSTER_PREFIX}{alias}"),
+        Some(mask) => format!("{SUBSET_CLUSTER_PREFIX}{}_{alias}", mask.to_hex()),
+    }
+}
+
+/// The alias (and target subset) a [`target_cluster_name`] names.
+pub fn parse_target_cluster_name(name: &str) -> Option<(&str, Option<TargetMask>)> {
+    if let Some(alias) = name.strip_prefix(TARGET_CLUSTER_PREFIX) {
+        return Some((alias, None));
+    }
+    let (hex, alias) = name.strip_prefix(SUBSET_CLUSTER_PREFIX)?.split_once('_')?;
+    Some((alias, Some(TargetMask::parse_hex(hex)?)))
+}
 /// The gRPC metadata key, and value, the upstream filter's ext_proc streams carry.
 pub const CHAIN_METADATA: (&str, &str) = ("x-gantry-chain", "upstream");
 /// The response header naming the target that answered: `<provider>/<model>`.
@@ -107,7 +128,7 @@ impl UpstreamStream {
                 Some(Kind::StringValue(s)) => Some(s.as_str()),
                 _ => None,
             };
-            let alias = text("xds.cluster_name")?.strip_prefix(TARGET_CLUSTER_PREFIX)?;
+            let (alias, _) = parse_target_cluster_name(text("xds.cluster_name")?)?;
             let index = target_index(text("xds.upstream_host_metadata")?)?;
             Some((alias.to_string(), index))
         });
@@ -378,6 +399,22 @@ fn target_index(metadata: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_names_say_the_alias_and_subset_whatever_the_alias() {
+        for alias in ["smart", "a_b", "model~1_x", "x/y", ""] {
+            for subset in [None, Some(TargetMask::from_bits(0x5))] {
+                let name = target_cluster_name(alias, subset);
+                assert_eq!(parse_target_cluster_name(&name), Some((alias, subset)));
+            }
+        }
+        assert_ne!(
+            target_cluster_name("~1_a", None),
+            target_cluster_name("a", Some(TargetMask::from_bits(1)))
+        );
+        assert_eq!(parse_target_cluster_name("ext_proc"), None);
+        assert_eq!(parse_target_cluster_name("model~zz_a"), None);
+    }
 
     #[test]
     fn the_target_index_is_read_from_envoys_text_metadata() {

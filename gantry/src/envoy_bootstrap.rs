@@ -19,14 +19,16 @@ use serde_json::{json, Value};
 
 use gantry_ext_proc::http_stream::METADATA_NAMESPACE;
 use gantry_ext_proc::upstream_stream::{
-    CHAIN_METADATA, TARGET_CLUSTER_PREFIX, TARGET_METADATA_KEY,
+    parse_target_cluster_name, target_cluster_name, CHAIN_METADATA, TARGET_METADATA_KEY,
 };
 use gantry_policy::auth::IDENTITY_HEADERS;
 use gantry_policy::config::{
     AuthSection, ConfigFile, CorsSection, DEFAULT_CORS_HEADERS, DEFAULT_CORS_METHODS,
 };
+use gantry_policy::config::{RetrySection, TargetRef};
 use gantry_policy::endpoint::ProviderEndpoint;
-use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_ROUTE_PREFIX};
+use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_HEADER, TARGETS_ROUTE_PREFIX};
+use gantry_policy::snapshot::TargetMask;
 use gantry_policy::FailureMode;
 
 /// The CA bundle Envoy verifies https providers against unless a provider names its own.
@@ -212,7 +214,7 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
         .unwrap_or(60);
     if let FilterMode::ExtProc = mode {
         for model in &config.models {
-            if let Some((route, cluster)) = target_route_and_cluster(config, model, slowest)? {
+            for (route, cluster) in target_routes_and_clusters(config, model, slowest)? {
                 routes.push(route);
                 clusters.push(cluster);
             }
@@ -764,27 +766,69 @@ pub fn via_upstream_filter(
         })
 }
 
-/// The cluster (and the route to it) of a model served through Gantry's upstream filter: one
-/// endpoint per target, by priority and weight, named to the filter in its metadata; Envoy
-/// retries a failed attempt on the next target, and ejects one that keeps failing.
-fn target_route_and_cluster(
+/// The clusters (and the routes to them) of a model served through Gantry's upstream filter:
+/// one with all its targets and, when some targets have a `when` condition, one per subset of
+/// targets those conditions can leave (routes to subsets first: they also match
+/// [`TARGETS_HEADER`]).
+fn target_routes_and_clusters(
     config: &ConfigFile,
     model: &gantry_policy::config::ModelSection,
     slowest_secs: u64,
-) -> Result<Option<(Value, Value)>, RenderError> {
+) -> Result<Vec<(Value, Value)>, RenderError> {
     if !via_upstream_filter(config, model) {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let alias = &model.name.value;
-    let cluster_name = format!("{TARGET_CLUSTER_PREFIX}{alias}");
     let targets = model.targets_or_single();
-    let mut priorities: Vec<u32> = targets.iter().map(|t| t.priority).collect();
+    let all = TargetMask::all(targets.len());
+    let mut subsets = Vec::new();
+    let conditional: Vec<usize> = (0..targets.len())
+        .filter(|i| targets[*i].when.is_some())
+        .collect();
+    // Every combination of the conditional targets left in, but all of them (the full
+    // cluster) and none at all when every target is conditional (refused downstream).
+    for combination in 0u32..(1 << conditional.len()) {
+        let mut mask = all;
+        for (bit, index) in conditional.iter().enumerate() {
+            if combination & (1 << bit) == 0 {
+                mask.remove(*index);
+            }
+        }
+        if mask != all && !mask.is_empty() {
+            subsets.push(Some(mask));
+        }
+    }
+    subsets.push(None);
+    subsets
+        .into_iter()
+        .map(|subset| target_route_and_cluster(config, model, subset, slowest_secs))
+        .collect()
+}
+
+/// The cluster (and the route to it) of a model served through Gantry's upstream filter with
+/// all its targets (`subset: None`) or those in `subset`: one endpoint per target, by priority
+/// and weight, named to the filter in its metadata; Envoy retries a failed attempt on the next
+/// target, and ejects one that keeps failing.
+fn target_route_and_cluster(
+    config: &ConfigFile,
+    model: &gantry_policy::config::ModelSection,
+    subset: Option<TargetMask>,
+    slowest_secs: u64,
+) -> Result<(Value, Value), RenderError> {
+    let alias = &model.name.value;
+    let cluster_name = target_cluster_name(alias, subset);
+    let all_targets = model.targets_or_single();
+    let targets: Vec<(usize, &TargetRef<'_>)> = all_targets
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| subset.is_none_or(|mask| mask.contains(*index)))
+        .collect();
+    let mut priorities: Vec<u32> = targets.iter().map(|(_, t)| t.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
     let mut by_rank: Vec<Vec<Value>> = vec![Vec::new(); priorities.len()];
     let mut tls_matches = Vec::new();
     let mut any_hostname = false;
-    for (index, target) in targets.iter().enumerate() {
+    for &(index, target) in &targets {
         let Some(provider) = config
             .providers
             .iter()
@@ -890,7 +934,14 @@ fn target_route_and_cluster(
     if !tls_matches.is_empty() {
         cluster["transport_socket_matches"] = json!(tls_matches);
     }
-    let attempts = model.attempts();
+    // By default one try per target this cluster has.
+    let attempts = match &model.retry {
+        Some(RetrySection {
+            attempts: Some(attempts),
+            ..
+        }) => attempts.value,
+        _ => model.attempts().min(targets.len() as u32),
+    };
     let mut retry = json!({
         "retry_on": "5xx,reset,connect-failure,refused-stream,retriable-status-codes",
         "retriable_status_codes": [429],
@@ -918,28 +969,32 @@ fn target_route_and_cluster(
     {
         retry["per_try_timeout"] = json!(format!("{}s", secs.value));
     }
+    let mut headers = vec![json!({
+        "name": ROUTING_HEADER,
+        "string_match": { "exact": format!("{TARGETS_ROUTE_PREFIX}{alias}") },
+    })];
+    if let Some(mask) = subset {
+        headers.push(json!({
+            "name": TARGETS_HEADER,
+            "string_match": { "exact": mask.to_hex() },
+        }));
+    }
     let route = json!({
         "name": cluster_name,
-        "match": {
-            "prefix": "/",
-            "headers": [{
-                "name": ROUTING_HEADER,
-                "string_match": { "exact": format!("{TARGETS_ROUTE_PREFIX}{alias}") },
-            }],
-        },
+        "match": { "prefix": "/", "headers": headers },
         "route": {
             "cluster": cluster_name,
             "timeout": format!("{slowest_secs}s"),
             "auto_host_rewrite": true,
             "retry_policy": retry,
         },
-        "request_headers_to_remove": [ROUTING_HEADER],
+        "request_headers_to_remove": [ROUTING_HEADER, TARGETS_HEADER],
     });
-    Ok(Some((route, cluster)))
+    Ok((route, cluster))
 }
 
 /// Removes, from the alias clusters in `clusters`, the endpoints of targets whose provider has
-/// no credentials in `env` (unless that would leave the alias no target at all: its requests
+/// no credentials in `env` (unless that would leave the cluster no target at all: its requests
 /// are then refused by the downstream filter, naming the missing variable).
 pub fn drop_unavailable_targets(
     clusters: &mut Value,
@@ -951,17 +1006,23 @@ pub fn drop_unavailable_targets(
         return;
     };
     for cluster in clusters {
-        let Some(alias) = cluster["name"]
+        let Some((alias, subset)) = cluster["name"]
             .as_str()
-            .and_then(|n| n.strip_prefix(TARGET_CLUSTER_PREFIX))
-            .map(str::to_string)
+            .and_then(parse_target_cluster_name)
+            .map(|(alias, subset)| (alias.to_string(), subset))
         else {
             continue;
         };
         let Some(route) = snapshot.model(&alias) else {
             continue;
         };
-        if !route.targets.iter().any(|t| t.provider.is_available()) {
+        let in_cluster = |index: usize| subset.is_none_or(|mask| mask.contains(index));
+        if !route
+            .targets
+            .iter()
+            .enumerate()
+            .any(|(i, t)| in_cluster(i) && t.provider.is_available())
+        {
             continue;
         }
         let available = |endpoint: &Value| {
@@ -1235,6 +1296,70 @@ models:
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn conditional_targets_get_a_cluster_per_subset_routed_by_the_targets_header() {
+        let config = ConfigFile::parse(
+            "listen: 127.0.0.1:10000
+providers:
+  - { name: a, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+  - { name: b, kind: openai, endpoint: 'http://127.0.0.1:18081' }
+  - { name: c, kind: openai, endpoint: 'http://127.0.0.1:18082' }
+models:
+  - name: smart
+    targets:
+      - { provider: a, model: m, when: 'llm.stream' }
+      - { provider: b, model: m, priority: 3 }
+      - { provider: c, model: m, priority: 5, when: 'llm.max_tokens > 10' }
+",
+        )
+        .unwrap();
+        let bootstrap = render(&config).unwrap();
+        let names = cluster_names(&bootstrap);
+        // Target 1 is always in: subsets {1} (mask 2), {0,1} (3), {1,2} (6), and all of them.
+        for name in [
+            "model~2_smart",
+            "model~3_smart",
+            "model~6_smart",
+            "model_smart",
+        ] {
+            assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+        }
+        assert_eq!(names.iter().filter(|n| n.ends_with("_smart")).count(), 4);
+        let cluster = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "model~6_smart")
+            .unwrap();
+        // Targets 1 and 2 only, their priorities compacted, their indices kept.
+        let levels = cluster["load_assignment"]["endpoints"].as_array().unwrap();
+        assert_eq!(levels.len(), 2);
+        let target = |level: usize| {
+            levels[level]["lb_endpoints"][0]["metadata"]["filter_metadata"]["gantry"]["target"]
+                .clone()
+        };
+        assert_eq!((target(0), target(1)), (json!("1"), json!("2")));
+
+        let routes = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        let position = |name: &str| routes.iter().position(|r| r["name"] == name).unwrap();
+        // Subset routes come before the full one, which does not look at the targets header.
+        assert!(position("model~6_smart") < position("model_smart"));
+        let subset = &routes[position("model~6_smart")];
+        assert_eq!(subset["match"]["headers"][1]["name"], TARGETS_HEADER);
+        assert_eq!(subset["match"]["headers"][1]["string_match"]["exact"], "6");
+        assert_eq!(subset["route"]["retry_policy"]["num_retries"], 1);
+        assert_eq!(
+            subset["request_headers_to_remove"],
+            json!([ROUTING_HEADER, TARGETS_HEADER])
+        );
+        let full = &routes[position("model_smart")];
+        assert_eq!(full["match"]["headers"].as_array().unwrap().len(), 1);
+        assert_eq!(full["route"]["retry_policy"]["num_retries"], 2);
     }
 
     fn cluster_names(bootstrap: &Value) -> Vec<String> {

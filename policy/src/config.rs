@@ -253,6 +253,11 @@ pub struct TargetSection {
     /// 0 (default) is tried first; a retry goes to the next priority.
     #[serde(default)]
     pub priority: Option<Spanned<u32>>,
+    /// A CEL condition (the routing variables: `llm`, `request`, `principal`, `apiKey`,
+    /// `jwt`): the target serves only requests for which it holds. A request no target
+    /// accepts gets 403 `no_eligible_target`.
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
 }
 
 impl TargetSection {
@@ -282,6 +287,9 @@ pub struct RetrySection {
 pub const MAX_ATTEMPTS: u32 = 5;
 /// The most targets one alias may list.
 pub const MAX_TARGETS: usize = 16;
+/// The most targets with a `when` condition one alias may list (each combination of them is a
+/// cluster of its own in Envoy: 2^4 at most).
+pub const MAX_CONDITIONAL_TARGETS: usize = 4;
 
 /// One target of a model, as [`ModelSection::targets_or_single`] gives them.
 #[derive(Debug, Clone)]
@@ -290,6 +298,7 @@ pub struct TargetRef<'a> {
     pub model: &'a Spanned<String>,
     pub weight: u32,
     pub priority: u32,
+    pub when: Option<&'a Spanned<String>>,
 }
 
 impl ModelSection {
@@ -304,6 +313,7 @@ impl ModelSection {
                     model: &t.model,
                     weight: t.weight(),
                     priority: t.priority(),
+                    when: t.when.as_ref(),
                 })
                 .collect();
         }
@@ -313,6 +323,7 @@ impl ModelSection {
                 model,
                 weight: 1,
                 priority: 0,
+                when: None,
             }],
             _ => Vec::new(),
         }
@@ -737,6 +748,17 @@ impl ConfigFile {
                                 ));
                             }
                         }
+                        guard_webhook::validate_when(target.when.as_ref(), &at, &mut issues);
+                    }
+                    let conditional = model.targets.iter().filter(|t| t.when.is_some()).count();
+                    if conditional > MAX_CONDITIONAL_TARGETS {
+                        issues.push(issue(
+                            &format!("{path}.targets"),
+                            line,
+                            format!(
+                                "at most {MAX_CONDITIONAL_TARGETS} targets may have a `when` condition (got {conditional})"
+                            ),
+                        ));
                     }
                 }
                 (_, _, false) => issues.push(issue(

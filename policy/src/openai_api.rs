@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::guard::{GuardHit, GuardSelection, GuardVerdict};
 use crate::json_object::RawObject;
 use crate::routing::RequestContext;
-use crate::snapshot::{Credential, ModelRoute, Snapshot};
+use crate::snapshot::{Credential, ModelRoute, Snapshot, TargetMask};
 
 /// `LocalReply::details` of the `GET /v1/models` answer.
 pub const MODELS_LIST_DETAILS: &str = "gantry_models_list";
@@ -200,6 +200,10 @@ fn too_large(length: u64, limit: u64) -> LocalReply {
 /// (provider names cannot contain it).
 pub const TARGETS_ROUTE_PREFIX: char = '@';
 
+/// The request header that, beside [`ROUTING_HEADER`], names which of an alias's targets a
+/// request may use (see [`ForwardPlan::targets_value`]); Envoy removes it before the provider.
+pub const TARGETS_HEADER: &str = "x-gantry-targets";
+
 /// How to forward one LLM request.
 #[derive(Debug)]
 pub struct ForwardPlan {
@@ -222,6 +226,9 @@ pub struct ForwardPlan {
     /// The request guards this request's `when` conditions left on; the adapter runs the
     /// selected webhook guards ([`GuardPolicy::webhook_run`](crate::guard::GuardPolicy::webhook_run)).
     pub guard_selection: GuardSelection,
+    /// The targets this request may use, when their `when` conditions left some out (`None`:
+    /// all of them).
+    pub eligible_targets: Option<TargetMask>,
 }
 
 impl ForwardPlan {
@@ -234,6 +241,15 @@ impl ForwardPlan {
         } else {
             std::borrow::Cow::Borrowed(&self.route.provider.name)
         }
+    }
+
+    /// The value of [`TARGETS_HEADER`], when the request may use only some of the alias's
+    /// targets (their `when` conditions left others out): the hex [`TargetMask`] of those it
+    /// may use, which picks the Envoy route to a cluster of just those.
+    pub fn targets_value(&self) -> Option<String> {
+        self.eligible_targets
+            .filter(|_| self.route.via_upstream_filter)
+            .map(TargetMask::to_hex)
     }
 
     /// The header (name, value) that authenticates Gantry to the provider, if it needs one
@@ -333,18 +349,37 @@ pub fn plan_forward_in(
             ));
         }
     }
-    let all_unavailable = route.targets.iter().all(|t| !t.provider.is_available());
-    if let (true, Credential::Missing { env }) = (all_unavailable, &route.provider.credential) {
+    let eligible = route.eligible_targets(api, &object, request);
+    if eligible.is_empty() {
         return Err(LocalReply::openai_error(
-            503,
-            "service_unavailable",
-            "provider_unavailable",
+            403,
+            "permission_error",
+            "no_eligible_target",
             Some("model"),
-            format!(
-                "model '{alias}' is served by provider '{}', which has no API key: set {env} and restart the gateway",
-                route.provider.name
-            ),
+            format!("model '{alias}' has no target that may serve this request (the targets' conditions leave every one out)"),
         ));
+    }
+    // Every target this request may use lacks its key: say which variable to set.
+    let mut usable = route
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| eligible.contains(*i))
+        .map(|(_, t)| t);
+    let first_usable = usable.clone().next();
+    if let (true, Some(target)) = (usable.all(|t| !t.provider.is_available()), first_usable) {
+        if let Credential::Missing { env } = &target.provider.credential {
+            return Err(LocalReply::openai_error(
+                503,
+                "service_unavailable",
+                "provider_unavailable",
+                Some("model"),
+                format!(
+                    "model '{alias}' is served by provider '{}', which has no API key: set {env} and restart the gateway",
+                    target.provider.name
+                ),
+            ));
+        }
     }
 
     let stream = if api.can_stream() {
@@ -411,6 +446,7 @@ pub fn plan_forward_in(
         guard_hits,
         routed_by,
         guard_selection,
+        eligible_targets: (eligible != TargetMask::all(route.targets.len())).then_some(eligible),
         upstream_path: if route.via_upstream_filter {
             None
         } else {
@@ -691,6 +727,94 @@ routing:
         .to_string();
         assert!(
             bad.contains("routing[0].when") && bad.contains("routing[0].model"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn target_conditions_leave_targets_out_or_refuse_the_request() {
+        let config = ConfigFile::parse(
+            "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: a, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+  - { name: b, kind: openai, endpoint: 'http://127.0.0.1:18081', api_key_env: B_KEY }
+models:
+  - name: split
+    targets:
+      - { provider: a, model: m, when: \"request.headers['x-tier'] == 'gold'\" }
+      - { provider: b, model: m }
+  - name: gold-only
+    targets:
+      - { provider: a, model: m, when: \"'x-tier' in request.headers\" }
+",
+        )
+        .unwrap();
+        let s = Snapshot::compile(&config, &|name| (name == "B_KEY").then(|| "k".into()));
+        assert!(s.condition_uses().reads_request());
+        let api = LlmApi::ChatCompletions;
+        let gold_headers = [("x-tier".to_string(), "gold".to_string())];
+        let gold = RequestContext {
+            headers: &gold_headers,
+            ..RequestContext::empty()
+        };
+        let body = br#"{"model":"split","messages":[]}"#;
+        // Every target may serve: no targets header, the full cluster.
+        let plan = plan_forward_in(&s, api, body, &gold).unwrap();
+        assert_eq!((plan.eligible_targets, plan.targets_value()), (None, None));
+        // Target 0 left out (a header that is missing fails the condition): mask 2.
+        let plan = plan_forward(&s, api, body).unwrap();
+        assert_eq!(plan.targets_value().as_deref(), Some("2"));
+        assert_eq!(plan.routing_value(), "@split");
+
+        // Only target 1 may serve, and its provider has no key: 503 naming the variable.
+        let keyless = Snapshot::compile(&config, &|_| None);
+        let (status, reply_body) = reply(plan_forward(&keyless, api, body));
+        assert_eq!(status, 503, "{reply_body}");
+        let message = reply_body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("'b'") && message.contains("B_KEY"),
+            "{message}"
+        );
+        let (status, body) = reply(plan_forward(
+            &s,
+            api,
+            br#"{"model":"gold-only","messages":[]}"#,
+        ));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("no_eligible_target")),
+            "{body}"
+        );
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'gold-only'"));
+        // A single-target alias that is served needs no targets header.
+        let plan =
+            plan_forward_in(&s, api, br#"{"model":"gold-only","messages":[]}"#, &gold).unwrap();
+        assert_eq!(plan.targets_value(), None);
+
+        let bad = ConfigFile::parse(
+            "\
+listen: 127.0.0.1:10000
+providers:
+  - { name: a, kind: openai, endpoint: 'http://127.0.0.1:18080' }
+models:
+  - name: x
+    targets:
+      - { provider: a, model: m1, when: 'body.x' }
+      - { provider: a, model: m2, when: 'llm.stream' }
+      - { provider: a, model: m3, when: 'llm.stream' }
+      - { provider: a, model: m4, when: 'llm.stream' }
+      - { provider: a, model: m5, when: 'llm.stream' }
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("models[0].targets[0].when"), "{bad}");
+        assert!(
+            bad.contains("at most 4 targets may have a `when` condition (got 5)"),
             "{bad}"
         );
     }

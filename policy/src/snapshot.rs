@@ -15,8 +15,12 @@ use crate::config::{ConfigFile, ProviderKind};
 use crate::endpoint::ProviderEndpoint;
 use crate::governance::GovernancePolicy;
 use crate::guard::GuardPolicy;
+use crate::json_object::RawObject;
+use crate::openai_api::LlmApi;
+use crate::routing::{condition_context, holds, RequestContext, VariableUse};
 use crate::translate::bedrock::AwsCredentials;
 use crate::translate::provider::{ProviderCredential, ProviderFormat};
+use cel::Program;
 
 /// A provider's API key. Its `Debug` form is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -121,6 +125,94 @@ pub struct ModelRoute {
     /// Tries in all over the targets.
     pub attempts: u32,
     pub per_try_timeout_secs: Option<u64>,
+    /// What the targets' `when` conditions read (nothing when none has one).
+    pub target_condition_uses: VariableUse,
+}
+
+impl ModelRoute {
+    /// Whether some target has a `when` condition.
+    pub fn has_conditional_targets(&self) -> bool {
+        self.targets.iter().any(|t| t.when.is_some())
+    }
+
+    /// The targets this request may use: those without `when`, and those whose `when` holds.
+    pub fn eligible_targets(
+        &self,
+        api: LlmApi,
+        body: &RawObject,
+        request: &RequestContext<'_>,
+    ) -> TargetMask {
+        let mut eligible = TargetMask::all(self.targets.len());
+        if !self.has_conditional_targets() {
+            return eligible;
+        }
+        let context =
+            condition_context(self.target_condition_uses, api, &self.alias, body, request);
+        for (index, target) in self.targets.iter().enumerate() {
+            let Some(when) = &target.when else { continue };
+            let what = format_args!("target '{}' of model '{}' when", target.id, self.alias);
+            if !holds(&when.0, &context, &what) {
+                eligible.remove(index);
+                tracing::debug!(target = %target.id, "target left out: its when condition does not hold");
+            }
+        }
+        eligible
+    }
+}
+
+/// A set of an alias's targets, by index (an alias has at most 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TargetMask(u16);
+
+impl TargetMask {
+    /// The first `count` targets.
+    pub fn all(count: usize) -> TargetMask {
+        TargetMask(if count >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << count) - 1
+        })
+    }
+
+    pub fn from_bits(bits: u16) -> TargetMask {
+        TargetMask(bits)
+    }
+
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 16 && self.0 & (1 << index) != 0
+    }
+
+    pub fn remove(&mut self, index: usize) {
+        if index < 16 {
+            self.0 &= !(1 << index);
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Lower-case hex, no leading zeros (how Envoy's route and cluster names carry it).
+    pub fn to_hex(self) -> String {
+        format!("{:x}", self.0)
+    }
+
+    pub fn parse_hex(text: &str) -> Option<TargetMask> {
+        u16::from_str_radix(text, 16).ok().map(TargetMask)
+    }
+}
+
+/// A compiled target condition (its `Debug` form is opaque).
+pub struct TargetCondition(pub Program);
+
+impl fmt::Debug for TargetCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TargetCondition(..)")
+    }
 }
 
 /// One place an alias may be served.
@@ -132,6 +224,8 @@ pub struct Target {
     pub upstream_model: String,
     pub weight: u32,
     pub priority: u32,
+    /// The target serves only requests for which this holds.
+    pub when: Option<TargetCondition>,
 }
 
 /// The id of target `index` of `alias` (see [`Target::id`]).
@@ -234,6 +328,8 @@ pub struct Snapshot {
     pub guards: GuardPolicy,
     /// Content-based routing rules (empty without a `routing` section).
     pub routing: crate::routing::RoutingRules,
+    /// What the targets' `when` conditions read, over all aliases.
+    target_condition_uses: VariableUse,
 }
 
 impl Snapshot {
@@ -267,6 +363,7 @@ impl Snapshot {
         }
         let mut models = HashMap::with_capacity(config.models.len());
         let mut targets_by_id = HashMap::new();
+        let mut condition_uses = VariableUse::default();
         let mut listed: Vec<serde_json::Value> = Vec::new();
         let mut available_models = Vec::new();
         for section in &config.models {
@@ -282,9 +379,24 @@ impl Snapshot {
                         upstream_model: t.model.value.clone(),
                         weight: t.weight,
                         priority: t.priority,
+                        // Unreachable error on a validated config; a target whose condition
+                        // does not compile never serves.
+                        when: t.when.map(|w| {
+                            TargetCondition(
+                                crate::routing::compile_condition(&w.value)
+                                    .unwrap_or_else(|_| never_holds()),
+                            )
+                        }),
                     })
                 })
                 .collect();
+            let mut target_condition_uses = VariableUse::default();
+            for target in &targets {
+                if let Some(when) = &target.when {
+                    target_condition_uses.add(&when.0);
+                }
+            }
+            condition_uses = condition_uses.union(target_condition_uses);
             let Some(primary) = targets.first() else {
                 continue; // unreachable on a validated config
             };
@@ -305,6 +417,7 @@ impl Snapshot {
                     .as_ref()
                     .and_then(|r| r.per_try_timeout_secs.as_ref())
                     .map(|t| t.value),
+                target_condition_uses,
                 targets,
             });
             for (index, target) in route.targets.iter().enumerate() {
@@ -318,6 +431,7 @@ impl Snapshot {
             providers,
             models,
             targets_by_id,
+            target_condition_uses: condition_uses,
             max_request_body_bytes: config.max_request_body_bytes(),
             available_models,
             models_list_body,
@@ -359,7 +473,10 @@ impl Snapshot {
     /// What the request's conditions (routing rules, guards' `when`) read: the adapter keeps
     /// the headers and the caller only when some condition needs them.
     pub fn condition_uses(&self) -> crate::routing::VariableUse {
-        self.routing.uses().union(self.guards.condition_uses())
+        self.routing
+            .uses()
+            .union(self.guards.condition_uses())
+            .union(self.target_condition_uses)
     }
 
     /// Models served through Gantry's upstream filter (several targets, or a translated
@@ -392,6 +509,11 @@ impl Snapshot {
             _ => None,
         })
     }
+}
+
+/// A condition that is always false.
+fn never_holds() -> Program {
+    Program::compile("false").expect("'false' compiles")
 }
 
 fn model_entry(id: &str, owner: &str) -> serde_json::Value {

@@ -180,6 +180,126 @@ models:
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_conditions_choose_which_targets_may_serve_a_request() {
+    let eu = mock("eu", None, None, Duration::ZERO).await;
+    let eu_broken = mock("eu-broken", None, Some(500), Duration::ZERO).await;
+    let us = mock("us", None, None, Duration::ZERO).await;
+    let claude = mock("claude", Some(KEY), None, Duration::ZERO).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: eu, kind: openai, endpoint: {eu} }}
+  - {{ name: eu-broken, kind: openai, endpoint: {eu_broken} }}
+  - {{ name: us, kind: openai, endpoint: {us} }}
+  - {{ name: claude, kind: anthropic, endpoint: {claude}, api_key_env: {KEY_ENV} }}
+models:
+  # EU requests stay in the EU: both EU targets, never US; others go to the US.
+  - name: regional
+    targets:
+      - {{ provider: eu-broken, model: eu-1, when: 'request.headers[\"x-data-region\"] == \"eu\"' }}
+      - {{ provider: eu, model: eu-2, priority: 1, when: 'request.headers[\"x-data-region\"] == \"eu\"' }}
+      - provider: us
+        model: us-1
+        priority: 2
+        when: \"!('x-data-region' in request.headers) || request.headers['x-data-region'] != 'eu'\"
+  # Only long requests may use Claude; everything else is refused.
+  - name: gated
+    targets:
+      - {{ provider: claude, model: claude-haiku-4-5, when: 'llm.max_tokens >= 100' }}
+",
+        head = ports.config_head(),
+        eu = eu.base_url(),
+        eu_broken = eu_broken.base_url(),
+        us = us.base_url(),
+        claude = claude.base_url(),
+    );
+    let stack = start_stack(ports, yaml, vec![(KEY_ENV, KEY)]).await;
+    let url = stack.url("/v1/chat/completions");
+    let send =
+        |model: &str, region: Option<&str>, spoofed_targets: Option<&str>, max_tokens: u32| {
+            let mut request = crate::http()
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(
+                    serde_json::json!({"model": model, "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+                );
+            if let Some(region) = region {
+                request = request.header("x-data-region", region);
+            }
+            if let Some(targets) = spoofed_targets {
+                request = request.header("x-gantry-targets", targets);
+            }
+            request.send()
+        };
+    let served_by = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-gantry-target")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+
+    // An EU request fails over within the EU, and is never sent to the US target.
+    let response = send("regional", Some("eu"), None, 10).await.unwrap();
+    let target = served_by(&response);
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(target.as_deref(), Some("eu/eu-2"));
+    assert_eq!(eu_broken.recorded().len(), 1);
+
+    // Any other request goes only to the US target: with the EU one broken and the US one
+    // last by priority, anything else would show.
+    for region in [None, Some("us")] {
+        eu.clear_recorded();
+        eu_broken.clear_recorded();
+        let response = send("regional", region, None, 10).await.unwrap();
+        let target = served_by(&response);
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "{region:?}: {body}");
+        assert_eq!(target.as_deref(), Some("us/us-1"), "{region:?}");
+        assert!(
+            eu.recorded().is_empty() && eu_broken.recorded().is_empty(),
+            "{region:?}"
+        );
+    }
+
+    // The client cannot pick targets itself: its x-gantry-targets header is replaced (here
+    // it names the US target alone, mask 4) or removed.
+    us.clear_recorded();
+    let response = send("regional", Some("eu"), Some("4"), 10).await.unwrap();
+    let target = served_by(&response);
+    let (status, body) = json_of(response).await;
+    assert_eq!(
+        (status, target.as_deref()),
+        (200, Some("eu/eu-2")),
+        "{body}"
+    );
+    assert!(us.recorded().is_empty());
+
+    // No target accepts a short request for `gated`: 403, an OpenAI error naming the model.
+    let (status, body) = json_of(send("gated", None, None, 10).await.unwrap()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "no_eligible_target", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'gated'"),
+        "{body}"
+    );
+    assert!(claude.recorded().is_empty());
+    // A long one is served, translated for Anthropic.
+    let response = send("gated", None, None, 200).await.unwrap();
+    let target = served_by(&response);
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(target.as_deref(), Some("claude/claude-haiku-4-5"));
+    assert_eq!(claude.recorded()[0].json().unwrap()["max_tokens"], 200);
+}
+
 const ANTHROPIC_KEY_ENV: &str = "GANTRY_TEST_ANTHROPIC_KEY";
 const GEMINI_KEY_ENV: &str = "GANTRY_TEST_GEMINI_KEY";
 const AWS_ID_ENV: &str = "GANTRY_TEST_AWS_ID";
