@@ -8,6 +8,7 @@ pub mod config_reload;
 pub mod envoy_binary;
 pub mod envoy_bootstrap;
 pub mod governance_store;
+pub mod import_litellm;
 pub mod local_stack;
 pub mod metrics_endpoint;
 pub mod spend;

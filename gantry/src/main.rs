@@ -89,6 +89,11 @@ enum Commands {
         #[arg(long)]
         records: bool,
     },
+    /// Convert another gateway's config into a Gantry config.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// Serve the built-in OpenAI-compatible mock provider (JSON and SSE).
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -106,6 +111,19 @@ enum PolicyMode {
     ExtProc,
     /// Gantry's dynamic module (libgantry.so) runs inside Envoy.
     Module,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A LiteLLM proxy config.yaml (model_list, router_settings, litellm_settings). Every
+    /// setting that does not carry over is reported on standard error and in the output.
+    Litellm {
+        /// The LiteLLM config file.
+        file: PathBuf,
+        /// Write the Gantry config here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +161,25 @@ fn load(path: &Path) -> anyhow::Result<ConfigFile> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Commands::Import {
+            command: ImportCommand::Litellm { file, output },
+        } => {
+            let source = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let conversion = gantry::import_litellm::convert(&source)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            eprint!("{}", conversion.report());
+            eprintln!(
+                "gantry: {} settings not carried over",
+                conversion.unconverted.len()
+            );
+            match output {
+                Some(path) => std::fs::write(&path, &conversion.yaml)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{}", conversion.yaml),
+            }
+            Ok(())
+        }
         Commands::Check { config } => {
             let parsed = load(&config)?;
             let auth = match &parsed.auth {

@@ -17,6 +17,7 @@ mod guard_webhooks;
 mod guards;
 mod interop;
 mod istio;
+mod litellm_import;
 mod llm_path;
 mod mcp_bridge;
 mod mcp_conformance;
