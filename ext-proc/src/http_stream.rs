@@ -850,6 +850,19 @@ impl HttpStream {
                 }
             }
         }
+        // Through the upstream filter, the target that answered (after any failover) is
+        // the one the access log names.
+        let served_by = route
+            .via_upstream_filter
+            .then(|| {
+                let provider = header(map, ROUTING_HEADER)?;
+                let model = header(map, UPSTREAM_MODEL_HEADER)?;
+                Some(gantry_metadata([
+                    ("provider", string_value(provider)),
+                    ("upstream_model", string_value(model)),
+                ]))
+            })
+            .flatten();
         ProcessingResponse {
             response: Some(Response::ResponseHeaders(HeadersResponse {
                 response: Some(CommonResponse {
@@ -864,6 +877,7 @@ impl HttpStream {
                 response_body_mode: mode as i32,
                 ..Default::default()
             }),
+            dynamic_metadata: served_by,
             ..Default::default()
         }
     }

@@ -123,6 +123,15 @@ enum ImportCommand {
         /// Write the Gantry config here instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// `listen` of the generated config: where Envoy accepts client traffic.
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        listen: SocketAddr,
+        /// `admin` of the generated config: Envoy's admin interface (loopback).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// `ext_proc.listen` of the generated config: Gantry's ext_proc gRPC server.
+        #[arg(long, default_value = "127.0.0.1:10001")]
+        ext_proc_listen: SocketAddr,
     },
 }
 
@@ -162,21 +171,58 @@ fn load(path: &Path) -> anyhow::Result<ConfigFile> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Import {
-            command: ImportCommand::Litellm { file, output },
+            command:
+                ImportCommand::Litellm {
+                    file,
+                    output,
+                    listen,
+                    admin,
+                    ext_proc_listen,
+                },
         } => {
-            let source = std::fs::read_to_string(&file)
+            let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let conversion = gantry::import_litellm::convert(&source)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            eprint!("{}", conversion.report());
+            let options = gantry::import_litellm::ImportOptions {
+                listen,
+                admin,
+                ext_proc_listen,
+                source: Some(file.display().to_string()),
+            };
+            let conversion = gantry::import_litellm::convert(&text, &options)
+                .map_err(|e| anyhow::anyhow!("cannot convert {}: {e}", file.display()))?;
+            let written = match &output {
+                Some(path) => {
+                    std::fs::write(path, &conversion.yaml)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    path.display().to_string()
+                }
+                None => {
+                    print!("{}", conversion.yaml);
+                    "standard output".to_string()
+                }
+            };
             eprintln!(
-                "gantry: {} settings not carried over",
-                conversion.unconverted.len()
+                "gantry: converted {} into {} models and {} providers ({written})",
+                file.display(),
+                conversion.models,
+                conversion.providers
             );
-            match output {
-                Some(path) => std::fs::write(&path, &conversion.yaml)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
-                None => print!("{}", conversion.yaml),
+            if !conversion.env_vars.is_empty() {
+                eprintln!(
+                    "gantry: the config reads these environment variables: {}",
+                    conversion.env_vars.join(", ")
+                );
+            }
+            if conversion.unconverted.is_empty() {
+                eprintln!("gantry: every setting was carried over");
+            } else {
+                eprintln!(
+                    "gantry: {} settings not carried over:",
+                    conversion.unconverted.len()
+                );
+                for item in &conversion.unconverted {
+                    eprintln!("  - {item}");
+                }
             }
             Ok(())
         }

@@ -143,6 +143,12 @@ models:
 
     let entry = stack.wait_for_access_log("a failed-over request", |e| e["model"] == "after-500");
     assert_eq!(entry["status"], 200, "{entry}");
+    // The access log names the target that answered, not the first one tried.
+    assert_eq!(
+        (&entry["provider"], &entry["upstream_model"]),
+        (&serde_json::json!("healthy"), &serde_json::json!("h-2")),
+        "{entry}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

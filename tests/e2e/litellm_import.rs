@@ -1,8 +1,10 @@
-//! `gantry import litellm`: a LiteLLM proxy config converted by the real binary, then served
-//! through the real Envoy: its fallbacks fail over, its aliases resolve, and a bad file is an
-//! exit code 1 that names the problem.
+//! `gantry import litellm`: a LiteLLM proxy config converted by the real binary, checked by
+//! `gantry check`, then served through the real Envoy: a group fails over by `order`, a
+//! `fallbacks` rule reaches an Anthropic deployment (translated), a `model_group_alias` name
+//! works, an unknown model gets OpenAI's 404; and a bad file is exit code 1 naming the problem.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use gantry_mock_provider::{MockConfig, MockProvider};
@@ -28,16 +30,31 @@ async fn mock(name: &str, key: Option<&str>, forced_status: Option<u16>) -> Mock
 const ANTHROPIC_ENV: &str = "GANTRY_TEST_LITELLM_ANTHROPIC_KEY";
 const ANTHROPIC_KEY: &str = "litellm-import-anthropic-key";
 
-fn import(path: &std::path::Path) -> std::process::Output {
+fn gantry(args: &[&str]) -> Output {
     Command::new(gantry_bin())
-        .args(["import", "litellm"])
-        .arg(path)
+        .args(args)
         .output()
-        .expect("run gantry import")
+        .expect("run gantry")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The name of the provider the converted config gave to `endpoint`.
+fn provider_named_for(config: &serde_json::Value, endpoint: &str) -> String {
+    config["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .find(|p| p["endpoint"] == endpoint)
+        .and_then(|p| p["name"].as_str())
+        .unwrap_or_else(|| panic!("no provider at {endpoint} in {config}"))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_converted_litellm_config_serves_traffic_with_its_fallbacks_and_aliases() {
+async fn a_converted_litellm_config_fails_over_and_resolves_aliases_through_envoy() {
     let broken = mock("broken", None, Some(500)).await;
     let healthy = mock("healthy", None, None).await;
     let anthropic = mock("anthropic", Some(ANTHROPIC_KEY), None).await;
@@ -47,20 +64,29 @@ async fn a_converted_litellm_config_serves_traffic_with_its_fallbacks_and_aliase
     litellm_params:
       model: openai/gpt-broken
       api_base: {broken}/v1
+      order: 1
+  - model_name: chat
+    litellm_params:
+      model: openai/gpt-healthy
+      api_base: {healthy}/v1/
+      order: 2
+      rpm: 100
+  - model_name: primary
+    litellm_params:
+      model: openai/primary-broken
+      api_base: {broken}/v1
   - model_name: backup
     litellm_params:
       model: anthropic/claude-haiku-4-5
       api_base: {anthropic}
       api_key: os.environ/{ANTHROPIC_ENV}
-  - model_name: plain
-    litellm_params:
-      model: openai/small-model
-      api_base: {healthy}/v1/
-      rpm: 100
 router_settings:
-  routing_strategy: usage-based-routing
-  fallbacks: [{{ chat: [backup] }}]
-  model_group_alias: {{ gpt-4: plain }}
+  routing_strategy: usage-based-routing-v2
+  num_retries: 1
+  fallbacks: [{{ primary: [backup] }}]
+  model_group_alias: {{ gpt-4: chat }}
+general_settings:
+  master_key: sk-litellm-MASTER-literal
 ",
         broken = broken.base_url(),
         healthy = healthy.base_url(),
@@ -68,88 +94,192 @@ router_settings:
     );
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("config.yaml");
+    let output = dir.path().join("gantry.yaml");
     std::fs::write(&source, litellm).unwrap();
-    let out = import(&source);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    // The report names what did not carry over.
-    assert!(
-        stderr.contains("router_settings.routing_strategy:")
-            && stderr.contains("model_list[2].litellm_params.rpm:")
-            && stderr.contains("2 settings not carried over"),
-        "{stderr}"
-    );
-    let converted = String::from_utf8(out.stdout).unwrap();
-    // Served on this test's ports: the converted config from its providers on.
-    let body = &converted[converted.find("\nproviders:").expect("providers") + 1..];
     let ports = StackPorts::free();
-    let stack = start_stack(
-        ports,
-        format!("{}{body}", ports.config_head()),
-        // OpenAI deployments without api_key read OPENAI_API_KEY, as in LiteLLM.
-        vec![
-            (ANTHROPIC_ENV, ANTHROPIC_KEY),
-            ("OPENAI_API_KEY", "sk-litellm-import-test"),
-        ],
-    )
-    .await;
+    let [listen, admin, ext_proc] =
+        [ports.listen, ports.admin, ports.ext_proc].map(|p| format!("127.0.0.1:{p}"));
+    let out = gantry(&[
+        "import",
+        "litellm",
+        &source.display().to_string(),
+        "--output",
+        &output.display().to_string(),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--ext-proc-listen",
+        &ext_proc,
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The report names each setting that did not carry over, with its path.
+    for needle in [
+        "gantry: 4 settings not carried over:",
+        "  - router_settings.num_retries: not carried over for backup: ",
+        "  - router_settings.routing_strategy: usage-based-routing-v2 is not carried over: Gantry spreads by weight and priority",
+        "  - model_list[1].litellm_params.rpm: ",
+        "  - general_settings.master_key: ",
+        &format!("reads these environment variables: {ANTHROPIC_ENV}"),
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    let converted = std::fs::read_to_string(&output).unwrap();
+    assert!(converted.starts_with("# Gantry config converted by `gantry import litellm`"));
+    assert!(converted.contains("#   - router_settings.routing_strategy: usage-based-routing-v2"));
+    assert!(!converted.contains("MASTER-literal"));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // What `gantry check` says of it.
+    let check = gantry(&["check", "--config", &output.display().to_string()]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("OK (3 providers, 4 models)"));
+
+    let config: serde_json::Value = serde_saphyr::from_str(&converted).unwrap();
+    let healthy_name = provider_named_for(&config, &healthy.base_url());
+    let broken_name = provider_named_for(&config, &broken.base_url());
+    let anthropic_name = provider_named_for(&config, &anthropic.base_url());
+
+    // The converted file as it is, on this test's ports.
+    let stack = start_stack(ports, converted, vec![(ANTHROPIC_ENV, ANTHROPIC_KEY)]).await;
     let url = stack.url("/v1/chat/completions");
     let chat = |model: &str| {
         serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
             .to_string()
     };
+    let served = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-gantry-target")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
 
-    // `chat` fails (500) and falls back to `backup`, translated for Anthropic.
+    // `chat`: order 1 answers 500, order 2 serves (at its api_base without the /v1).
     let response = post(&url, &chat("chat")).await;
-    let target = response.headers().get("x-gantry-target").cloned();
+    let target = served(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        target.as_ref().and_then(|v| v.to_str().ok()),
-        Some("anthropic/claude-haiku-4-5")
+        target.as_deref(),
+        Some(format!("{healthy_name}/gpt-healthy").as_str())
     );
-    assert_eq!(broken.recorded().len(), 1);
-    assert_eq!(anthropic.recorded()[0].path, "/v1/messages");
+    let tried = broken.recorded();
+    assert_eq!(tried.len(), 1);
+    assert_eq!(tried[0].json().unwrap()["model"], "gpt-broken");
+    let recorded = healthy.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].path, "/v1/chat/completions");
+    assert_eq!(recorded[0].json().unwrap()["model"], "gpt-healthy");
 
-    // The model group alias reaches its group, at the api_base without its /v1.
+    // `primary` falls back to `backup`: the Anthropic deployment, in Anthropic's format and key.
+    broken.clear_recorded();
+    let response = post(&url, &chat("primary")).await;
+    let target = served(&response);
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["object"], "chat.completion", "{reply}");
+    assert_eq!(
+        target.as_deref(),
+        Some(format!("{anthropic_name}/claude-haiku-4-5").as_str())
+    );
+    assert_eq!(
+        broken.recorded()[0].json().unwrap()["model"],
+        "primary-broken"
+    );
+    let recorded = anthropic.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].path, "/v1/messages");
+    assert_eq!(recorded[0].header("x-api-key"), Some(ANTHROPIC_KEY));
+    assert_eq!(recorded[0].json().unwrap()["model"], "claude-haiku-4-5");
+
+    // The model_group_alias name is served like its group.
+    healthy.clear_recorded();
     let response = post(&url, &chat("gpt-4")).await;
-    let upstream = response.headers().get("x-gantry-upstream-model").cloned();
+    let target = served(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        upstream.as_ref().and_then(|v| v.to_str().ok()),
-        Some("small-model")
+        target.as_deref(),
+        Some(format!("{healthy_name}/gpt-healthy").as_str())
     );
-    assert_eq!(healthy.recorded()[0].path, "/v1/chat/completions");
-    assert_eq!(
-        healthy.recorded()[0].header("authorization"),
-        Some("Bearer sk-litellm-import-test")
-    );
+    assert_eq!(healthy.recorded().len(), 1);
+    assert_ne!(broken_name, healthy_name);
 
-    let (status, reply) = json_of(post(&url, &chat("nope")).await).await;
+    // A model the LiteLLM file did not have: OpenAI's 404.
+    let (status, reply) = json_of(post(&url, &chat("claude-opus")).await).await;
     assert_eq!(status, 404, "{reply}");
-    assert_openai_error(&reply, "model_not_found");
+    let message = assert_openai_error(&reply, "model_not_found");
+    assert!(message.contains("'claude-opus'"), "{message}");
 }
 
 #[test]
-fn a_bad_litellm_file_is_refused_naming_the_problem() {
+fn a_malformed_litellm_file_is_exit_1_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("config.yaml");
-    std::fs::write(
-        &source,
-        "model_list:\n  - litellm_params: { model: openai/x }\n",
-    )
-    .unwrap();
-    let out = import(&source);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("model_list[0]: has no model_name"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty());
+    let run = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        let output = dir.path().join(format!("{name}.out"));
+        let out = gantry(&[
+            "import",
+            "litellm",
+            &path.display().to_string(),
+            "--output",
+            &output.display().to_string(),
+        ]);
+        assert!(
+            !Path::new(&output).exists(),
+            "{name}: an output was written"
+        );
+        assert!(out.stdout.is_empty(), "{name}");
+        (out.status.code(), text(&out.stderr))
+    };
+    for (name, contents, needle) in [
+        (
+            "bad-yaml.yaml",
+            "model_list: [\n  - {model_name: a\n",
+            "not valid YAML: line",
+        ),
+        (
+            "no-list.yaml",
+            "router_settings: {num_retries: 2}\n",
+            "model_list is missing",
+        ),
+        (
+            "not-a-list.yaml",
+            "model_list: {gpt-4o: openai/gpt-4o}\n",
+            "model_list: must be a list of deployments (found a mapping)",
+        ),
+        (
+            "no-name.yaml",
+            "model_list:\n  - litellm_params: { model: openai/gpt-4o }\n",
+            "model_list[0]: has no model_name",
+        ),
+        (
+            "no-model.yaml",
+            "model_list:\n  - { model_name: a, litellm_params: { model: openai/a } }\n  - { model_name: b, litellm_params: { api_base: 'http://x' } }\n",
+            "model_list[1] (b): has no litellm_params.model",
+        ),
+    ] {
+        let (code, stderr) = run(name, contents);
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("gantry: cannot convert {}", dir.path().join(name).display())),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{name}: missing {needle:?} in {stderr}");
+    }
 
-    let out = import(&dir.path().join("missing.yaml"));
+    let out = gantry(&[
+        "import",
+        "litellm",
+        &dir.path().join("missing.yaml").display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    assert!(
+        text(&out.stderr).contains("cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
 }
