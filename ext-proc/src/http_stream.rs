@@ -837,6 +837,28 @@ impl HttpStream {
         } else {
             None
         };
+        // Through the upstream filter, the target that answered (after any failover) is
+        // the one the access log names and the spend log bills.
+        let served = route
+            .via_upstream_filter
+            .then(|| {
+                Some((
+                    header(map, ROUTING_HEADER)?,
+                    header(map, UPSTREAM_MODEL_HEADER)?,
+                ))
+            })
+            .flatten();
+        if let (Some((provider, model)), Some(metered)) = (served, exchange.metered.as_mut()) {
+            metered
+                .policy
+                .served_by(&mut metered.metering, provider, model);
+        }
+        let served_by = served.map(|(provider, model)| {
+            gantry_metadata([
+                ("provider", string_value(provider)),
+                ("upstream_model", string_value(model)),
+            ])
+        });
         if mode.is_none() || !success {
             // No body will be read for its usage: settle now.
             if let Some(metered) = exchange.metered.take() {
@@ -850,19 +872,6 @@ impl HttpStream {
                 }
             }
         }
-        // Through the upstream filter, the target that answered (after any failover) is
-        // the one the access log names.
-        let served_by = route
-            .via_upstream_filter
-            .then(|| {
-                let provider = header(map, ROUTING_HEADER)?;
-                let model = header(map, UPSTREAM_MODEL_HEADER)?;
-                Some(gantry_metadata([
-                    ("provider", string_value(provider)),
-                    ("upstream_model", string_value(model)),
-                ]))
-            })
-            .flatten();
         ProcessingResponse {
             response: Some(Response::ResponseHeaders(HeadersResponse {
                 response: Some(CommonResponse {

@@ -864,3 +864,72 @@ async fn spend_records_beyond_their_retention_are_deleted() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["request_id"], "recent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_over_request_is_billed_as_the_target_that_served_it() {
+    let broken = gantry_mock_provider::MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        gantry_mock_provider::MockConfig {
+            name: "broken".into(),
+            forced_status: Some(500),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("mock starts");
+    let healthy = start_mock("healthy", None).await;
+    let (_store_dir, store) = embedded_store();
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: broken, kind: openai, endpoint: '{broken}' }}
+  - {{ name: healthy, kind: openai, endpoint: '{healthy}' }}
+models:
+  - name: failing-over
+    targets:
+      - {{ provider: broken, model: b-1 }}
+      - {{ provider: healthy, model: h-1, priority: 1 }}
+governance:
+  pricing:
+    models:
+      b-1: {{ input: 1, output: 1 }}
+      h-1: {{ input: 1000, output: 2000 }}
+{store}  spend_log: {{ enabled: true }}
+",
+        head = ports.config_head(),
+        broken = broken.base_url(),
+        healthy = healthy.base_url(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let stack = start_stack(ports, yaml, vec![]).await;
+    let body = json!({"model": "failing-over", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let response = post_chat(&stack, &body, &[("x-request-id", "failed-over-1")]).await;
+    assert_eq!(response.status(), 200);
+    let records = wait_for_records(&path, "the failed-over record", |r| {
+        r.iter().any(|r| r["request_id"] == "failed-over-1")
+    });
+    let record = records
+        .iter()
+        .find(|r| r["request_id"] == "failed-over-1")
+        .unwrap();
+    assert_eq!(
+        (&record["provider"], &record["upstream_model"]),
+        (&json!("healthy"), &json!("h-1")),
+        "{record}"
+    );
+    let (input, output) = (
+        record["input_tokens"].as_i64().unwrap(),
+        record["output_tokens"].as_i64().unwrap(),
+    );
+    assert!(input > 0 && output > 0, "{record}");
+    // Priced as h-1 ($1000/$2000 per million), not as b-1, the target planned first.
+    assert_eq!(
+        record["cost_nanos"].as_i64().unwrap(),
+        input * 1_000_000 + output * 2_000_000,
+        "{record}"
+    );
+}

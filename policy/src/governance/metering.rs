@@ -211,6 +211,21 @@ impl GovernancePolicy {
         self.budgets.iter().any(|b| b.limit_nanos.is_some())
     }
 
+    /// Records that the request was served by another target than the one planned for (after
+    /// failover): the spend log names that target, and its price bills the usage (unless the
+    /// alias has a price of its own, or the target has none: then the planned price stays).
+    pub fn served_by(&self, metering: &mut Metering, provider: &str, upstream_model: &str) {
+        let identity = &mut metering.identity;
+        if identity.provider == provider && identity.upstream_model == upstream_model {
+            return;
+        }
+        if let Some(price) = self.prices.lookup(&identity.model, upstream_model) {
+            metering.price = Some(price);
+        }
+        identity.provider = provider.to_string();
+        identity.upstream_model = upstream_model.to_string();
+    }
+
     /// Plans the metering of one request, or refuses it outright (a model with no price under
     /// a dollar budget, a request larger than a whole rate limit).
     pub fn plan(

@@ -885,6 +885,35 @@ fn a_request_larger_than_a_whole_token_rate_limit_is_refused() {
 }
 
 #[test]
+fn a_failed_over_request_is_billed_and_logged_as_the_target_that_served_it() {
+    let policy = policy(BUDGETS);
+    let mut metering = plan(&policy, &caller());
+    let tokens = TokenCounts {
+        input: 1_000_000,
+        cached_input: 0,
+        output: 0,
+    };
+    let planned = metering.cost(&tokens);
+    policy.served_by(&mut metering, "backup", "gpt-4o");
+    let record = metering.spend_record("r1", &tokens, 200, SpendOutcome::Ok, false, now());
+    assert_eq!(
+        (record.provider.as_str(), record.upstream_model.as_str()),
+        ("backup", "gpt-4o")
+    );
+    assert_eq!(record.model, "fast");
+    // gpt-4o's list price per million input tokens is above gpt-4o-mini's.
+    assert!(
+        record.cost_nanos > planned,
+        "{} <= {planned}",
+        record.cost_nanos
+    );
+    // A target without a price keeps the planned one.
+    let mut metering = plan(&policy, &caller());
+    policy.served_by(&mut metering, "local", "mystery-model-7b");
+    assert_eq!(metering.cost(&tokens), planned);
+}
+
+#[test]
 fn settlement_charges_actual_usage_and_gives_tokens_back() {
     let policy = policy(BUDGETS);
     let metering = plan(&policy, &caller());
