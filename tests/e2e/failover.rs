@@ -306,6 +306,62 @@ models:
     assert_eq!(claude.recorded()[0].json().unwrap()["max_tokens"], 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_keeps_failing_is_ejected() {
+    let broken = mock("broken", None, Some(500), Duration::ZERO).await;
+    let healthy = mock("healthy", None, None, Duration::ZERO).await;
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}providers:
+  - {{ name: broken, kind: openai, endpoint: {broken} }}
+  - {{ name: healthy, kind: openai, endpoint: {healthy} }}
+models:
+  - name: even
+    targets:
+      - {{ provider: broken, model: b-1 }}
+      - {{ provider: healthy, model: h-1 }}
+",
+        head = ports.config_head(),
+        broken = broken.base_url(),
+        healthy = healthy.base_url(),
+    );
+    let stack = start_stack(ports, yaml, Vec::new()).await;
+    let url = stack.url("/v1/chat/completions");
+    const REQUESTS: usize = 60;
+    for _ in 0..REQUESTS {
+        let (status, body) = json_of(post(&url, &chat("even")).await).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Without ejection about half the first attempts (30) would go to the broken target;
+    // after 5 consecutive 5xx it is out for 30 s, longer than this test.
+    let tried = broken.recorded().len();
+    assert!(
+        (5..=7).contains(&tried),
+        "the broken target was tried {tried} times"
+    );
+    let stats = crate::http()
+        .get(format!(
+            "http://127.0.0.1:{}/stats?filter=outlier_detection",
+            ports.admin
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let enforced = stats
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "cluster.model_even.outlier_detection.ejections_enforced_consecutive_5xx:",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(enforced, Some(1), "{stats}");
+}
+
 const ANTHROPIC_KEY_ENV: &str = "GANTRY_TEST_ANTHROPIC_KEY";
 const GEMINI_KEY_ENV: &str = "GANTRY_TEST_GEMINI_KEY";
 const AWS_ID_ENV: &str = "GANTRY_TEST_AWS_ID";

@@ -304,3 +304,73 @@ async fn gantry_serve_reloads_its_policy_on_sighup() {
     assert_eq!(reply["model"], "later-1");
     drop((serve, envoy));
 }
+
+/// Aliases with several targets are clusters of their own (with their subset clusters when
+/// targets have conditions): a reload adds, changes and removes them. ext_proc path only (the
+/// dynamic module does not serve such aliases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_changes_and_removes_target_clusters() {
+    let (stack, alpha, beta, ports) = start(PolicyPath::ExtProc, &[]).await;
+    let url = stack.url("/v1/chat/completions");
+    let served_by = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-gantry-target")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let with_targets = |targets: &str| {
+        format!(
+            "{}{MODELS}  - name: spread\n    targets:\n{targets}",
+            config(&ports, &alpha, &beta, "")
+        )
+    };
+
+    // Reload 1: `spread` appears, alpha first; beta only for requests that stream.
+    rewrite(
+        &stack,
+        &with_targets(
+            "      - { provider: alpha, model: alpha-2 }
+      - { provider: beta, model: beta-2, priority: 1, when: 'llm.stream' }
+",
+        ),
+    );
+    let stack = wait_for_stdout(stack, "(file changed; version 2;").await;
+    let response = post(&url, &chat("spread", "hi", false)).await;
+    let target = served_by(&response);
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(target.as_deref(), Some("alpha/alpha-2"));
+
+    // Reload 2: the same alias, now beta first and alpha only as its fallback.
+    rewrite(
+        &stack,
+        &with_targets(
+            "      - { provider: beta, model: beta-3 }
+      - { provider: alpha, model: alpha-3, priority: 1 }
+",
+        ),
+    );
+    let stack = wait_for_stdout(stack, "(file changed; version 3;").await;
+    let response = post(&url, &chat("spread", "hi", false)).await;
+    let target = served_by(&response);
+    let (status, reply) = json_of(response).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(target.as_deref(), Some("beta/beta-3"));
+    assert_eq!(
+        beta.recorded().last().unwrap().header("authorization"),
+        Some(format!("Bearer {BETA_KEY}").as_str())
+    );
+
+    // Reload 3: `spread` is gone; m-alpha still serves.
+    rewrite(
+        &stack,
+        &format!("{}{MODELS}", config(&ports, &alpha, &beta, "")),
+    );
+    let stack = wait_for_stdout(stack, "(file changed; version 4;").await;
+    let (status, reply) = json_of(post(&url, &chat("spread", "hi", false)).await).await;
+    assert_eq!(status, 404, "{reply}");
+    let (status, reply) = json_of(post(&url, &chat("m-alpha", "hi", false)).await).await;
+    assert_eq!(status, 200, "{reply}");
+    drop(stack);
+}
