@@ -360,14 +360,15 @@ pub fn plan_forward_in(
         ));
     }
     // Every target this request may use lacks its key: say which variable to set.
-    let mut usable = route
-        .targets
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| eligible.contains(*i))
-        .map(|(_, t)| t);
-    let first_usable = usable.clone().next();
-    if let (true, Some(target)) = (usable.all(|t| !t.provider.is_available()), first_usable) {
+    let mut usable = (0..route.targets.len())
+        .filter(|i| eligible.contains(*i))
+        .map(|i| &route.targets[i]);
+    let first = usable.next();
+    let none_available = first
+        .into_iter()
+        .chain(usable)
+        .all(|t| !t.provider.is_available());
+    if let (true, Some(target)) = (none_available, first) {
         if let Credential::Missing { env } = &target.provider.credential {
             return Err(LocalReply::openai_error(
                 503,

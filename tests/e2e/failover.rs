@@ -6,31 +6,9 @@
 
 use std::time::Duration;
 
-use gantry_mock_provider::{MockConfig, MockProvider};
 use gantry_testkit::{free_ports, StackPorts};
 
-use crate::{json_of, post, start_stack};
-
-async fn mock(
-    name: &str,
-    key: Option<&str>,
-    forced_status: Option<u16>,
-    delay: Duration,
-) -> MockProvider {
-    MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            name: name.into(),
-            expected_api_key: key.map(String::from),
-            forced_status,
-            first_byte_delay: delay,
-            chunk_delay: Duration::from_millis(1),
-            ..MockConfig::default()
-        },
-    )
-    .await
-    .expect("mock starts")
-}
+use crate::{json_of, post, served_target, start_failing_mock, start_stack};
 
 const KEY_ENV: &str = "GANTRY_TEST_FAILOVER_KEY";
 const KEY: &str = "failover-key";
@@ -41,10 +19,10 @@ fn chat(model: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_go_to_the_next_target_translated_for_it() {
-    let limited = mock("limited", None, Some(429), Duration::ZERO).await;
-    let broken = mock("broken", None, Some(500), Duration::ZERO).await;
-    let slow = mock("slow", None, None, Duration::from_secs(5)).await;
-    let healthy = mock("healthy", Some(KEY), None, Duration::ZERO).await;
+    let limited = start_failing_mock("limited", None, Some(429), Duration::ZERO).await;
+    let broken = start_failing_mock("broken", None, Some(500), Duration::ZERO).await;
+    let slow = start_failing_mock("slow", None, None, Duration::from_secs(5)).await;
+    let healthy = start_failing_mock("healthy", Some(KEY), None, Duration::ZERO).await;
     let dead_port = free_ports(1)[0];
     let ports = StackPorts::free();
     let yaml = format!(
@@ -100,11 +78,7 @@ models:
     ] {
         healthy.clear_recorded();
         let response = post(&url, &chat(alias)).await;
-        let target = response
-            .headers()
-            .get("x-gantry-target")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let target = served_target(&response);
         let (status, body) = json_of(response).await;
         assert_eq!(status, 200, "{alias}: {body}");
         assert_eq!(
@@ -153,8 +127,8 @@ models:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_spread_requests_over_targets_of_one_priority() {
-    let heavy = mock("heavy", None, None, Duration::ZERO).await;
-    let light = mock("light", None, None, Duration::ZERO).await;
+    let heavy = start_failing_mock("heavy", None, None, Duration::ZERO).await;
+    let light = start_failing_mock("light", None, None, Duration::ZERO).await;
     let ports = StackPorts::free();
     let yaml = format!(
         "{head}providers:
@@ -188,10 +162,10 @@ models:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_conditions_choose_which_targets_may_serve_a_request() {
-    let eu = mock("eu", None, None, Duration::ZERO).await;
-    let eu_broken = mock("eu-broken", None, Some(500), Duration::ZERO).await;
-    let us = mock("us", None, None, Duration::ZERO).await;
-    let claude = mock("claude", Some(KEY), None, Duration::ZERO).await;
+    let eu = start_failing_mock("eu", None, None, Duration::ZERO).await;
+    let eu_broken = start_failing_mock("eu-broken", None, Some(500), Duration::ZERO).await;
+    let us = start_failing_mock("us", None, None, Duration::ZERO).await;
+    let claude = start_failing_mock("claude", Some(KEY), None, Duration::ZERO).await;
     let ports = StackPorts::free();
     let yaml = format!(
         "{head}providers:
@@ -240,17 +214,10 @@ models:
             }
             request.send()
         };
-    let served_by = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get("x-gantry-target")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
 
     // An EU request fails over within the EU, and is never sent to the US target.
     let response = send("regional", Some("eu"), None, 10).await.unwrap();
-    let target = served_by(&response);
+    let target = served_target(&response);
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(target.as_deref(), Some("eu/eu-2"));
@@ -262,7 +229,7 @@ models:
         eu.clear_recorded();
         eu_broken.clear_recorded();
         let response = send("regional", region, None, 10).await.unwrap();
-        let target = served_by(&response);
+        let target = served_target(&response);
         let (status, body) = json_of(response).await;
         assert_eq!(status, 200, "{region:?}: {body}");
         assert_eq!(target.as_deref(), Some("us/us-1"), "{region:?}");
@@ -276,7 +243,7 @@ models:
     // it names the US target alone, mask 4) or removed.
     us.clear_recorded();
     let response = send("regional", Some("eu"), Some("4"), 10).await.unwrap();
-    let target = served_by(&response);
+    let target = served_target(&response);
     let (status, body) = json_of(response).await;
     assert_eq!(
         (status, target.as_deref()),
@@ -299,7 +266,7 @@ models:
     assert!(claude.recorded().is_empty());
     // A long one is served, translated for Anthropic.
     let response = send("gated", None, None, 200).await.unwrap();
-    let target = served_by(&response);
+    let target = served_target(&response);
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(target.as_deref(), Some("claude/claude-haiku-4-5"));
@@ -308,8 +275,8 @@ models:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_keeps_failing_is_ejected() {
-    let broken = mock("broken", None, Some(500), Duration::ZERO).await;
-    let healthy = mock("healthy", None, None, Duration::ZERO).await;
+    let broken = start_failing_mock("broken", None, Some(500), Duration::ZERO).await;
+    let healthy = start_failing_mock("healthy", None, None, Duration::ZERO).await;
     let ports = StackPorts::free();
     let yaml = format!(
         "{head}providers:
@@ -380,10 +347,10 @@ fn sse_payloads(text: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_clients_reach_anthropic_gemini_and_bedrock_in_their_own_formats() {
-    let anthropic = mock("anthropic", Some(NATIVE_KEY), None, Duration::ZERO).await;
-    let gemini = mock("gemini", Some(NATIVE_KEY), None, Duration::ZERO).await;
-    let bedrock = mock("bedrock", Some(NATIVE_KEY), None, Duration::ZERO).await;
-    let limited = mock("limited", None, Some(429), Duration::ZERO).await;
+    let anthropic = start_failing_mock("anthropic", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let gemini = start_failing_mock("gemini", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let bedrock = start_failing_mock("bedrock", Some(NATIVE_KEY), None, Duration::ZERO).await;
+    let limited = start_failing_mock("limited", None, Some(429), Duration::ZERO).await;
     let ports = StackPorts::free();
     let yaml = format!(
         "{head}providers:

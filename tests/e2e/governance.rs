@@ -867,16 +867,7 @@ async fn spend_records_beyond_their_retention_are_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_over_request_is_billed_as_the_target_that_served_it() {
-    let broken = gantry_mock_provider::MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        gantry_mock_provider::MockConfig {
-            name: "broken".into(),
-            forced_status: Some(500),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("mock starts");
+    let broken = crate::start_failing_mock("broken", None, Some(500), Duration::ZERO).await;
     let healthy = start_mock("healthy", None).await;
     let (_store_dir, store) = embedded_store();
     let ports = StackPorts::free();

@@ -7,25 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use gantry_mock_provider::{MockConfig, MockProvider};
 use gantry_testkit::StackPorts;
 
-use crate::{assert_openai_error, gantry_bin, json_of, post, start_stack};
-
-async fn mock(name: &str, key: Option<&str>, forced_status: Option<u16>) -> MockProvider {
-    MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            name: name.into(),
-            expected_api_key: key.map(String::from),
-            forced_status,
-            chunk_delay: Duration::from_millis(1),
-            ..MockConfig::default()
-        },
-    )
-    .await
-    .expect("mock starts")
-}
+use crate::{
+    assert_openai_error, gantry_bin, json_of, post, served_target, start_failing_mock, start_stack,
+};
 
 const ANTHROPIC_ENV: &str = "GANTRY_TEST_LITELLM_ANTHROPIC_KEY";
 const ANTHROPIC_KEY: &str = "litellm-import-anthropic-key";
@@ -55,9 +41,10 @@ fn provider_named_for(config: &serde_json::Value, endpoint: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converted_litellm_config_fails_over_and_resolves_aliases_through_envoy() {
-    let broken = mock("broken", None, Some(500)).await;
-    let healthy = mock("healthy", None, None).await;
-    let anthropic = mock("anthropic", Some(ANTHROPIC_KEY), None).await;
+    let broken = start_failing_mock("broken", None, Some(500), Duration::ZERO).await;
+    let healthy = start_failing_mock("healthy", None, None, Duration::ZERO).await;
+    let anthropic =
+        start_failing_mock("anthropic", Some(ANTHROPIC_KEY), None, Duration::ZERO).await;
     let litellm = format!(
         "model_list:
   - model_name: chat
@@ -148,17 +135,10 @@ general_settings:
         serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
             .to_string()
     };
-    let served = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get("x-gantry-target")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
 
     // `chat`: order 1 answers 500, order 2 serves (at its api_base without the /v1).
     let response = post(&url, &chat("chat")).await;
-    let target = served(&response);
+    let target = served_target(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(
@@ -176,7 +156,7 @@ general_settings:
     // `primary` falls back to `backup`: the Anthropic deployment, in Anthropic's format and key.
     broken.clear_recorded();
     let response = post(&url, &chat("primary")).await;
-    let target = served(&response);
+    let target = served_target(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["object"], "chat.completion", "{reply}");
@@ -197,7 +177,7 @@ general_settings:
     // The model_group_alias name is served like its group.
     healthy.clear_recorded();
     let response = post(&url, &chat("gpt-4")).await;
-    let target = served(&response);
+    let target = served_target(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(

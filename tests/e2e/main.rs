@@ -108,6 +108,38 @@ models:
 }
 
 /// A mock provider on a free port, named `name` in its replies, requiring `api_key` if given.
+/// A mock provider that answers every request with `forced_status` (if given), after
+/// `first_byte_delay`, streaming with 1 ms between chunks.
+pub async fn start_failing_mock(
+    name: &str,
+    api_key: Option<&str>,
+    forced_status: Option<u16>,
+    first_byte_delay: Duration,
+) -> MockProvider {
+    MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            name: name.into(),
+            expected_api_key: api_key.map(String::from),
+            forced_status,
+            first_byte_delay,
+            chunk_delay: Duration::from_millis(1),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot start mock provider {name}: {e}"))
+}
+
+/// The `x-gantry-target` response header: which target (`<provider>/<model>`) answered.
+pub fn served_target(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("x-gantry-target")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 pub async fn start_mock(name: &str, api_key: Option<&str>) -> MockProvider {
     MockProvider::start(
         "127.0.0.1:0".parse().unwrap(),

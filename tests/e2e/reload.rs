@@ -10,7 +10,10 @@ use std::time::Duration;
 use gantry_mock_provider::MockProvider;
 use gantry_testkit::{GantryStack, PolicyPath, StackPorts};
 
-use crate::{gantry_bin, json_of, on_both_policy_paths, post, start_mock, BETA_KEY, BETA_KEY_ENV};
+use crate::{
+    gantry_bin, json_of, on_both_policy_paths, post, served_target, start_mock, BETA_KEY,
+    BETA_KEY_ENV,
+};
 
 on_both_policy_paths!(
     a_reload_under_continuous_load_fails_no_request,
@@ -312,13 +315,6 @@ async fn gantry_serve_reloads_its_policy_on_sighup() {
 async fn a_reload_adds_changes_and_removes_target_clusters() {
     let (stack, alpha, beta, ports) = start(PolicyPath::ExtProc, &[]).await;
     let url = stack.url("/v1/chat/completions");
-    let served_by = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get("x-gantry-target")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
     let with_targets = |targets: &str| {
         format!(
             "{}{MODELS}  - name: spread\n    targets:\n{targets}",
@@ -337,7 +333,7 @@ async fn a_reload_adds_changes_and_removes_target_clusters() {
     );
     let stack = wait_for_stdout(stack, "(file changed; version 2;").await;
     let response = post(&url, &chat("spread", "hi", false)).await;
-    let target = served_by(&response);
+    let target = served_target(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(target.as_deref(), Some("alpha/alpha-2"));
@@ -353,7 +349,7 @@ async fn a_reload_adds_changes_and_removes_target_clusters() {
     );
     let stack = wait_for_stdout(stack, "(file changed; version 3;").await;
     let response = post(&url, &chat("spread", "hi", false)).await;
-    let target = served_by(&response);
+    let target = served_target(&response);
     let (status, reply) = json_of(response).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(target.as_deref(), Some("beta/beta-3"));

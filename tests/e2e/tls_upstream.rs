@@ -4,7 +4,7 @@
 use gantry_testkit::tls::{TestCa, TlsFront};
 use gantry_testkit::StackPorts;
 
-use crate::{assert_openai_error, json_of, post, start_mock, start_stack};
+use crate::{assert_openai_error, json_of, post, served_target, start_mock, start_stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_provider_gets_sni_verified_tls_and_its_host() {
@@ -98,11 +98,7 @@ models:
         r#"{"model":"t","messages":[]}"#,
     )
     .await;
-    let target = response
-        .headers()
-        .get("x-gantry-target")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let target = served_target(&response);
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}\n{}", stack.process.logs());
     assert_eq!(target.as_deref(), Some("secure/secure-1"));
