@@ -245,6 +245,8 @@ pub struct HttpStream {
     client_model: String,
     /// A streamed reply being converted for the front door.
     front_stream: Option<Box<dyn gantry_policy::translate::StreamTranslator + Sync>>,
+    /// An A2A request (to an agent under `a2a.path`), when this is one.
+    agent: Option<Box<crate::a2a::AgentExchange>>,
 }
 
 /// A request body whose answer waits for webhook guards.
@@ -271,6 +273,7 @@ impl HttpStream {
             front_door: FrontDoor::OpenAi,
             client_model: String::new(),
             front_stream: None,
+            agent: None,
         }
     }
 
@@ -402,13 +405,31 @@ impl HttpStream {
                     message.metadata_context.as_ref(),
                     self.snapshot.governance.is_some()
                         || self.snapshot.condition_uses().reads_caller()
-                        || !self.snapshot.guards.webhook_guards().is_empty(),
+                        || !self.snapshot.guards.webhook_guards().is_empty()
+                        || self.snapshot.a2a.is_some(),
                 );
+                if let Some(policy) = &self.snapshot.a2a {
+                    if let Some((response, exchange)) =
+                        crate::a2a::on_request_headers(policy, &headers, &self.caller).await
+                    {
+                        self.agent = exchange;
+                        return response;
+                    }
+                }
                 self.on_request_headers(&headers)
             }
-            Some(Request::RequestBody(body)) => self.on_request_body(&body).await,
-            Some(Request::ResponseHeaders(headers)) => self.on_response_headers(&headers),
-            Some(Request::ResponseBody(body)) => self.on_response_body(&body),
+            Some(Request::RequestBody(body)) => match &mut self.agent {
+                Some(agent) => agent.on_request_body(&body).await,
+                None => self.on_request_body(&body).await,
+            },
+            Some(Request::ResponseHeaders(headers)) => match &mut self.agent {
+                Some(agent) => agent.on_response_headers(&headers),
+                None => self.on_response_headers(&headers),
+            },
+            Some(Request::ResponseBody(body)) => match &mut self.agent {
+                Some(agent) => agent.on_response_body(&body),
+                None => self.on_response_body(&body),
+            },
             Some(Request::RequestTrailers(_)) => {
                 respond(Response::RequestTrailers(TrailersResponse::default()))
             }
@@ -1091,7 +1112,7 @@ fn cost_fields(metered: &MeteredRequest, cost: Nanos) -> Vec<(&'static str, Valu
 }
 
 /// Every header of a request head, names lower-case as Envoy sends them.
-fn all_headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
+pub(crate) fn all_headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
     map.map(|m| {
         m.headers
             .iter()

@@ -10,6 +10,7 @@
 //! (switched per request with `mode_override`: BUFFERED for JSON, STREAMED for SSE), and
 //! `receiving_namespaces` containing [`http_stream::METADATA_NAMESPACE`].
 
+pub mod a2a;
 pub mod governance;
 pub mod guard_webhook;
 pub mod http_stream;

@@ -104,6 +104,9 @@ fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
     if config.governance.is_some() {
         return Some("governance (budgets and rate limits need the store)");
     }
+    if config.a2a.is_some() {
+        return Some("a2a (agent cards, A2A policy and the registry run in ext_proc)");
+    }
     if config.models.iter().any(|m| via_upstream_filter(config, m)) {
         return Some(
             "models with several targets or a translated provider kind (anthropic, gemini, bedrock: they need Gantry's upstream filter)",
@@ -155,6 +158,12 @@ pub enum RenderError {
         #[source]
         source: gantry_policy::endpoint::EndpointError,
     },
+    #[error("a2a agent '{agent}': {source}")]
+    AgentUrl {
+        agent: String,
+        #[source]
+        source: gantry_policy::endpoint::EndpointError,
+    },
     #[error("cannot write YAML: {0}")]
     Yaml(String),
     #[error("the dynamic module does not support {0}: use the ext_proc mode for this config")]
@@ -191,6 +200,26 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
         routes.extend(mcp_routes(mcp.path(), mode));
         clusters.push(mcp_bridge_cluster(mcp.listen_addr()));
     }
+    // Agents' routes come before the providers': they match by path, so no routing header a
+    // client sends can move an A2A request onto a provider.
+    if let Some(a2a) = &config.a2a {
+        for agent in &a2a.agents {
+            let endpoint = agent.endpoint().map_err(|source| RenderError::AgentUrl {
+                agent: agent.name.value.clone(),
+                source,
+            })?;
+            routes.extend(agent_routes(a2a.path(), agent, &endpoint));
+            let ca_file = agent
+                .ca_file
+                .as_ref()
+                .map_or(SYSTEM_CA_BUNDLE, |f| f.value.as_str());
+            clusters.push(upstream_cluster_config(
+                &agent_cluster(&agent.name.value),
+                &endpoint,
+                ca_file,
+            ));
+        }
+    }
     for provider in &config.providers {
         let name = &provider.name.value;
         let endpoint = provider
@@ -210,6 +239,12 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
         .providers
         .iter()
         .map(|p| p.timeout_secs())
+        .chain(
+            config
+                .a2a
+                .iter()
+                .flat_map(|a| a.agents.iter().map(|agent| agent.timeout_secs())),
+        )
         .max()
         .unwrap_or(60);
     if let FilterMode::ExtProc = mode {
@@ -337,7 +372,7 @@ fn http_connection_manager(
         "codec_type": "AUTO",
         "normalize_path": true,
         "merge_slashes": true,
-        "access_log": [access_log()],
+        "access_log": [access_log(config.a2a.is_some())],
         "local_reply_config": local_reply_config(config.max_request_body_bytes(), mode),
         "route_config": {
             "name": "gantry_routes",
@@ -495,10 +530,10 @@ fn millis(ms: u64) -> String {
 }
 
 /// One JSON line per request, with Gantry's routing decision and token usage.
-fn access_log() -> Value {
+fn access_log(a2a: bool) -> Value {
     let meta = |key: &str| format!("%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%");
     let authz = |key: &str| format!("%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:{key})%");
-    json!({
+    let mut log = json!({
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
@@ -530,7 +565,20 @@ fn access_log() -> Value {
                 },
             },
         },
-    })
+    });
+    if a2a {
+        let format = &mut log["typed_config"]["log_format"]["json_format"];
+        for key in [
+            "a2a_agent",
+            "a2a_method",
+            "a2a_skill",
+            "a2a_task",
+            "a2a_refused",
+        ] {
+            format[key] = json!(meta(key));
+        }
+    }
+    log
 }
 
 /// Envoy's own local replies, rewritten as OpenAI error objects: a provider that cannot be
@@ -713,7 +761,59 @@ fn grpc_cluster(name: &str, addr: std::net::SocketAddr) -> Value {
 }
 
 fn provider_cluster_config(name: &str, endpoint: &ProviderEndpoint, ca_file: &str) -> Value {
-    let cluster_name = provider_cluster(name);
+    upstream_cluster_config(&provider_cluster(name), endpoint, ca_file)
+}
+
+/// The cluster of an agent.
+pub fn agent_cluster(name: &str) -> String {
+    format!("agent_{name}")
+}
+
+/// An agent's routes: its public prefix (`<a2a.path>/<name>`, exactly or followed by `/`)
+/// goes to the same path under the agent's URL. ext_proc stays on (it reads and rewrites the
+/// traffic); the route timeout is the agent's and covers whole streams.
+fn agent_routes(
+    a2a_path: &str,
+    agent: &gantry_policy::config::AgentSection,
+    endpoint: &ProviderEndpoint,
+) -> Vec<Value> {
+    let name = &agent.name.value;
+    let prefix = format!("{a2a_path}/{name}");
+    let route = |rewrite: String| {
+        json!({
+            "cluster": agent_cluster(name),
+            "timeout": format!("{}s", agent.timeout_secs()),
+            "host_rewrite_literal": endpoint.authority(),
+            "prefix_rewrite": rewrite,
+        })
+    };
+    let base = if endpoint.base_path.is_empty() {
+        "/".to_string()
+    } else {
+        endpoint.base_path.clone()
+    };
+    vec![
+        json!({
+            "name": format!("agent_{name}"),
+            "match": { "path": prefix },
+            "route": route(base),
+        }),
+        json!({
+            "name": format!("agent_{name}_paths"),
+            "match": { "prefix": format!("{prefix}/") },
+            "route": route(format!("{}/", endpoint.base_path)),
+        }),
+    ]
+}
+
+/// A cluster of one upstream host (provider or agent): static for an IP, DNS otherwise, TLS
+/// with SNI and SAN checks for https.
+fn upstream_cluster_config(
+    cluster_name: &str,
+    endpoint: &ProviderEndpoint,
+    ca_file: &str,
+) -> Value {
+    let cluster_name = cluster_name.to_string();
     let discovery = if endpoint.ip().is_some() {
         "STATIC"
     } else {

@@ -246,8 +246,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => String::new(),
             };
+            let a2a = match &parsed.a2a {
+                Some(a) => format!(", a2a: {} agents, {} rules", a.agents.len(), a.rules.len()),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} providers, {} models{auth}{governance})",
+                "{}: OK ({} providers, {} models{auth}{governance}{a2a})",
                 config.display(),
                 parsed.providers.len(),
                 parsed.models.len()

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Gantry's counters in the Prometheus text format, on `metrics.listen`.
 //!
 //! Today it exports the governance runtime's counters (admissions, refusals, store errors, what
-//! the failure modes did, spend records), the MCP bridge's definition verdicts, and
+//! the failure modes did, spend records), the MCP bridge's definition verdicts, A2A requests by agent, method and outcome, and
 //! `gantry_build_info`.
 
 use std::net::SocketAddr;
@@ -55,5 +55,6 @@ fn render(
     if let Some(bridge) = bridge {
         out.push_str(&bridge.defences.render_prometheus());
     }
+    out.push_str(&gantry_ext_proc::a2a::render_prometheus());
     out
 }

@@ -16,6 +16,7 @@ use serde_saphyr::Spanned;
 
 use crate::endpoint::ProviderEndpoint;
 
+mod a2a;
 mod auth;
 mod governance;
 mod guard_webhook;
@@ -23,6 +24,7 @@ mod guards;
 mod mcp;
 pub mod response_guards;
 mod routing;
+pub use a2a::*;
 pub use auth::*;
 pub use governance::*;
 pub use guard_webhook::*;
@@ -86,6 +88,10 @@ pub struct ConfigFile {
     /// Content-based routing: CEL rules that pick the model alias before it is resolved.
     #[serde(default)]
     pub routing: Vec<RoutingRuleSection>,
+    /// A2A agents Envoy fronts: card rewriting, method and skill authorization, webhook
+    /// checks and the agent registry (ext_proc). Off unless configured.
+    #[serde(default)]
+    pub a2a: Option<A2aSection>,
 }
 
 /// Where Gantry serves `GET /metrics` (Prometheus text).
@@ -475,6 +481,9 @@ impl ConfigFile {
                 claim_port(mcp.listen_addr(), "mcp.listen", line, &mut issues);
             }
             mcp.validate(&mut issues);
+        }
+        if let Some(a2a) = &self.a2a {
+            a2a.validate(&mut issues);
         }
         if self.ext_proc.message_timeout_ms == Some(0) {
             issues.push(ConfigIssue {

@@ -6,6 +6,7 @@
 //! server, the ext_authz server, the MCP bridge and the dynamic module are adapters that call it,
 //! so a rule written here behaves the same in each of them and is tested without Envoy.
 
+pub mod a2a;
 pub mod auth;
 pub mod config;
 pub mod endpoint;

@@ -328,6 +328,8 @@ pub struct Snapshot {
     pub guards: GuardPolicy,
     /// Content-based routing rules (empty without a `routing` section).
     pub routing: crate::routing::RoutingRules,
+    /// A2A agents, when the config has an `a2a` section.
+    pub a2a: Option<Arc<crate::a2a::A2aPolicy>>,
     /// What the targets' `when` conditions read, over all aliases.
     target_condition_uses: VariableUse,
 }
@@ -447,6 +449,13 @@ impl Snapshot {
                     .ok()
             }),
             routing: crate::routing::RoutingRules::compile(&config.routing),
+            a2a: config.a2a.as_ref().map(|section| {
+                Arc::new(crate::a2a::A2aPolicy::compile(
+                    section,
+                    config.auth.as_ref(),
+                    env,
+                ))
+            }),
             guards: config.guards.as_ref().map_or_else(GuardPolicy::default, |section| {
                 // Unreachable on a validated config; refuse guarded traffic rather than let
                 // it through unscanned.

@@ -2,6 +2,7 @@
 //! by scripts/setup.sh), mock providers that speak the OpenAI wire format, and the official
 //! `openai` Python SDK.
 
+mod a2a;
 mod anthropic_front_door;
 mod auth;
 mod azure;

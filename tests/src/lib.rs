@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod a2a_peers;
 pub mod gated_upstream;
 pub mod jwks_server;
 pub mod jwt;

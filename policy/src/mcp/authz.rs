@@ -157,7 +157,7 @@ impl McpRules {
             return RuleVerdict::NoRules;
         }
         let mut context = Context::with_env(env().clone());
-        context.add_variable_from_value("principal", principal(facts.caller));
+        context.add_variable_from_value("principal", principal_value(facts.caller));
         context.add_variable_from_value("mcp", mcp(facts));
         if self.uses_request {
             let headers: HashMap<Key, CelValue> = facts
@@ -167,7 +167,7 @@ impl McpRules {
                 .collect();
             context.add_variable_from_value(
                 "request",
-                map([("headers", CelValue::Map(CelMap::from(headers)))]),
+                cel_map([("headers", CelValue::Map(CelMap::from(headers)))]),
             );
         }
         evaluate_rules(&self.rules, &context)
@@ -182,8 +182,9 @@ impl McpRules {
     }
 }
 
-fn principal(caller: &McpCaller) -> CelValue {
-    map([
+/// The `principal` variable of MCP and A2A rules.
+pub(crate) fn principal_value(caller: &McpCaller) -> CelValue {
+    cel_map([
         ("method", caller.method.as_str().into()),
         ("subject", caller.subject.as_str().into()),
         ("user", caller.user.as_str().into()),
@@ -197,7 +198,7 @@ fn mcp(facts: &McpFacts<'_>) -> CelValue {
         Some(arguments) => object_to_cel(arguments),
         None => CelValue::Map(CelMap::from(HashMap::<Key, CelValue>::new())),
     };
-    map([
+    cel_map([
         ("method", facts.method.into()),
         ("kind", facts.kind.as_str().into()),
         ("upstream", facts.upstream.into()),
@@ -208,7 +209,8 @@ fn mcp(facts: &McpFacts<'_>) -> CelValue {
     ])
 }
 
-fn map<const N: usize>(entries: [(&str, CelValue); N]) -> CelValue {
+/// A CEL map of fixed string keys.
+pub(crate) fn cel_map<const N: usize>(entries: [(&str, CelValue); N]) -> CelValue {
     let map: HashMap<Key, CelValue> = entries
         .into_iter()
         .map(|(k, v)| (Key::from(k), v))
