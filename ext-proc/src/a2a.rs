@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse,
     CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders, ProcessingResponse,
 };
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::protobuf::Struct;
 use gantry_policy::a2a::{
     A2aMethod, A2aPolicy, A2aRoute, Admitted, Agent, AgentHead, CallFacts, FetchedCard,
     PendingBody, PublicOrigin, CARD_SIGNATURES_HEADER,
@@ -29,7 +29,9 @@ use gantry_policy::governance::Caller;
 use gantry_policy::mcp::authz::McpCaller;
 use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_HEADER};
 
-use crate::http_stream::{header, immediate, respond, set_header, METADATA_NAMESPACE};
+use crate::http_stream::{
+    add_gantry_field, gantry_metadata, header, immediate, respond, set_header, string_value,
+};
 
 /// How long a webhook host's lookup may take (the body's answer waits for it).
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(700);
@@ -244,7 +246,7 @@ impl AgentExchange {
             Some(facts) => call_metadata(&self.agent.name, facts),
             None => agent_metadata(&self.agent.name),
         };
-        add_field(&mut metadata, "a2a_refused", reply.details);
+        add_gantry_field(&mut metadata, "a2a_refused", reply.details);
         response.dynamic_metadata = Some(metadata);
         response
     }
@@ -433,62 +435,28 @@ async fn fetch_card(agent: &Agent) -> Result<Bytes, String> {
     Ok(Bytes::from(body))
 }
 
-fn text(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    }
-}
-
 /// `gantry` metadata naming only the agent.
 fn agent_metadata(agent: &str) -> Struct {
-    gantry_struct(
-        [("a2a_agent".to_string(), text(agent))]
-            .into_iter()
-            .collect(),
-    )
-}
-
-/// Adds a field to `gantry` metadata made by [`gantry_struct`].
-fn add_field(metadata: &mut Struct, key: &str, value: &str) {
-    if let Some(Value {
-        kind: Some(Kind::StructValue(inner)),
-    }) = metadata.fields.get_mut(METADATA_NAMESPACE)
-    {
-        inner.fields.insert(key.to_string(), text(value));
-    }
-}
-
-fn gantry_struct(fields: BTreeMap<String, Value>) -> Struct {
-    Struct {
-        fields: [(
-            METADATA_NAMESPACE.to_string(),
-            Value {
-                kind: Some(Kind::StructValue(Struct {
-                    fields: fields.into_iter().collect(),
-                })),
-            },
-        )]
-        .into_iter()
-        .collect(),
-    }
+    gantry_metadata([("a2a_agent", string_value(agent))])
 }
 
 fn call_metadata(agent: &str, facts: &CallFacts) -> Struct {
-    let mut fields: BTreeMap<String, Value> = BTreeMap::new();
-    fields.insert("a2a_agent".into(), text(agent));
-    fields.insert("a2a_method".into(), text(facts.method.as_str()));
-    fields.insert("a2a_binding".into(), text(facts.binding.as_str()));
-    fields.insert("a2a_version".into(), text(facts.version.as_str()));
+    let mut fields = vec![
+        ("a2a_agent", string_value(agent)),
+        ("a2a_method", string_value(facts.method.as_str())),
+        ("a2a_binding", string_value(facts.binding.as_str())),
+        ("a2a_version", string_value(facts.version.as_str())),
+    ];
     for (key, value) in [
         ("a2a_skill", &facts.skill),
         ("a2a_task", &facts.task),
         ("a2a_context", &facts.context),
     ] {
         if !value.is_empty() {
-            fields.insert(key.into(), text(value));
+            fields.push((key, string_value(value)));
         }
     }
-    gantry_struct(fields)
+    gantry_metadata(fields)
 }
 
 fn outcome_of_status(status: u16) -> &'static str {

@@ -247,6 +247,8 @@ pub struct HttpStream {
     front_stream: Option<Box<dyn gantry_policy::translate::StreamTranslator + Sync>>,
     /// An A2A request (to an agent under `a2a.path`), when this is one.
     agent: Option<Box<crate::a2a::AgentExchange>>,
+    /// An MCP request to a server under `mcp_direct.path`, when this is one.
+    mcp: Option<Box<crate::mcp_direct::McpExchange>>,
 }
 
 /// A request body whose answer waits for webhook guards.
@@ -274,6 +276,7 @@ impl HttpStream {
             client_model: String::new(),
             front_stream: None,
             agent: None,
+            mcp: None,
         }
     }
 
@@ -406,8 +409,15 @@ impl HttpStream {
                     self.snapshot.governance.is_some()
                         || self.snapshot.condition_uses().reads_caller()
                         || !self.snapshot.guards.webhook_guards().is_empty()
-                        || self.snapshot.a2a.is_some(),
+                        || self.snapshot.a2a.is_some()
+                        || self.snapshot.mcp_direct.is_some(),
                 );
+                if let Some((response, exchange)) =
+                    crate::mcp_direct::on_request_headers(&self.snapshot, &headers, &self.caller)
+                {
+                    self.mcp = exchange;
+                    return response;
+                }
                 if let Some(policy) = &self.snapshot.a2a {
                     if let Some((response, exchange)) =
                         crate::a2a::on_request_headers(policy, &headers, &self.caller).await
@@ -418,17 +428,20 @@ impl HttpStream {
                 }
                 self.on_request_headers(&headers)
             }
-            Some(Request::RequestBody(body)) => match &mut self.agent {
-                Some(agent) => agent.on_request_body(&body).await,
-                None => self.on_request_body(&body).await,
+            Some(Request::RequestBody(body)) => match (&mut self.agent, &mut self.mcp) {
+                (Some(agent), _) => agent.on_request_body(&body).await,
+                (_, Some(mcp)) => mcp.on_request_body(&body),
+                _ => self.on_request_body(&body).await,
             },
-            Some(Request::ResponseHeaders(headers)) => match &mut self.agent {
-                Some(agent) => agent.on_response_headers(&headers),
-                None => self.on_response_headers(&headers),
+            Some(Request::ResponseHeaders(headers)) => match (&mut self.agent, &mut self.mcp) {
+                (Some(agent), _) => agent.on_response_headers(&headers),
+                (_, Some(mcp)) => mcp.on_response_headers(&headers),
+                _ => self.on_response_headers(&headers),
             },
-            Some(Request::ResponseBody(body)) => match &mut self.agent {
-                Some(agent) => agent.on_response_body(&body),
-                None => self.on_response_body(&body),
+            Some(Request::ResponseBody(body)) => match (&mut self.agent, &mut self.mcp) {
+                (Some(agent), _) => agent.on_response_body(&body),
+                (_, Some(mcp)) => mcp.on_response_body(&body),
+                _ => self.on_response_body(&body),
             },
             Some(Request::RequestTrailers(_)) => {
                 respond(Response::RequestTrailers(TrailersResponse::default()))
@@ -1183,7 +1196,7 @@ pub(crate) fn set_header(name: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn string_value(s: &str) -> Value {
+pub(crate) fn string_value(s: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.to_string())),
     }
@@ -1195,7 +1208,7 @@ fn number_value(n: u64) -> Value {
     }
 }
 
-fn gantry_metadata<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
+pub(crate) fn gantry_metadata<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
     let inner = Struct {
         fields: fields
             .into_iter()
@@ -1211,6 +1224,16 @@ fn gantry_metadata<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> St
         )]
         .into_iter()
         .collect(),
+    }
+}
+
+/// Adds a string field to metadata made by [`gantry_metadata`].
+pub(crate) fn add_gantry_field(metadata: &mut Struct, key: &str, value: &str) {
+    if let Some(Value {
+        kind: Some(Kind::StructValue(inner)),
+    }) = metadata.fields.get_mut(METADATA_NAMESPACE)
+    {
+        inner.fields.insert(key.to_string(), string_value(value));
     }
 }
 

@@ -14,6 +14,7 @@ pub mod a2a;
 pub mod governance;
 pub mod guard_webhook;
 pub mod http_stream;
+pub mod mcp_direct;
 pub mod server;
 pub mod upstream_stream;
 

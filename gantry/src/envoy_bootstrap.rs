@@ -107,6 +107,9 @@ fn module_unsupported(config: &ConfigFile) -> Option<&'static str> {
     if config.a2a.is_some() {
         return Some("a2a (agent cards, A2A policy and the registry run in ext_proc)");
     }
+    if config.mcp_direct.is_some() {
+        return Some("mcp_direct (inline MCP policy runs in ext_proc)");
+    }
     if config.models.iter().any(|m| via_upstream_filter(config, m)) {
         return Some(
             "models with several targets or a translated provider kind (anthropic, gemini, bedrock: they need Gantry's upstream filter)",
@@ -158,9 +161,9 @@ pub enum RenderError {
         #[source]
         source: gantry_policy::endpoint::EndpointError,
     },
-    #[error("a2a agent '{agent}': {source}")]
-    AgentUrl {
-        agent: String,
+    #[error("{upstream}: {source}")]
+    UpstreamUrl {
+        upstream: String,
         #[source]
         source: gantry_policy::endpoint::EndpointError,
     },
@@ -200,14 +203,44 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
         routes.extend(mcp_routes(mcp.path(), mode));
         clusters.push(mcp_bridge_cluster(mcp.listen_addr()));
     }
+    // Direct MCP servers' and agents' routes come before the providers': they match by path,
+    // so no routing header a client sends can move such a request onto a provider.
+    if let Some(direct) = &config.mcp_direct {
+        for server in &direct.servers {
+            let endpoint = server
+                .endpoint()
+                .map_err(|source| RenderError::UpstreamUrl {
+                    upstream: format!("mcp_direct server '{}'", server.name.value),
+                    source,
+                })?;
+            let cluster = format!("mcp_direct_{}", server.name.value);
+            routes.push(json!({
+                "name": cluster,
+                "match": { "path": format!("{}/{}", direct.path(), server.name.value) },
+                "route": {
+                    "cluster": cluster,
+                    "timeout": format!("{}s", server.timeout_secs()),
+                    "host_rewrite_literal": endpoint.authority(),
+                    "prefix_rewrite": if endpoint.base_path.is_empty() { "/".to_string() } else { endpoint.base_path.clone() },
+                },
+            }));
+            let ca_file = server
+                .ca_file
+                .as_ref()
+                .map_or(SYSTEM_CA_BUNDLE, |f| f.value.as_str());
+            clusters.push(upstream_cluster_config(&cluster, &endpoint, ca_file));
+        }
+    }
     // Agents' routes come before the providers': they match by path, so no routing header a
     // client sends can move an A2A request onto a provider.
     if let Some(a2a) = &config.a2a {
         for agent in &a2a.agents {
-            let endpoint = agent.endpoint().map_err(|source| RenderError::AgentUrl {
-                agent: agent.name.value.clone(),
-                source,
-            })?;
+            let endpoint = agent
+                .endpoint()
+                .map_err(|source| RenderError::UpstreamUrl {
+                    upstream: format!("a2a agent '{}'", agent.name.value),
+                    source,
+                })?;
             routes.extend(agent_routes(a2a.path(), agent, &endpoint));
             let ca_file = agent
                 .ca_file
@@ -244,6 +277,12 @@ pub fn render_with(config: &ConfigFile, mode: &FilterMode) -> Result<Value, Rend
                 .a2a
                 .iter()
                 .flat_map(|a| a.agents.iter().map(|agent| agent.timeout_secs())),
+        )
+        .chain(
+            config
+                .mcp_direct
+                .iter()
+                .flat_map(|d| d.servers.iter().map(|server| server.timeout_secs())),
         )
         .max()
         .unwrap_or(60);
@@ -372,7 +411,7 @@ fn http_connection_manager(
         "codec_type": "AUTO",
         "normalize_path": true,
         "merge_slashes": true,
-        "access_log": [access_log(config.a2a.is_some())],
+        "access_log": [access_log(config.a2a.is_some(), config.mcp_direct.is_some())],
         "local_reply_config": local_reply_config(config.max_request_body_bytes(), mode),
         "route_config": {
             "name": "gantry_routes",
@@ -530,7 +569,7 @@ fn millis(ms: u64) -> String {
 }
 
 /// One JSON line per request, with Gantry's routing decision and token usage.
-fn access_log(a2a: bool) -> Value {
+fn access_log(a2a: bool, mcp_direct: bool) -> Value {
     let meta = |key: &str| format!("%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%");
     let authz = |key: &str| format!("%DYNAMIC_METADATA({EXT_AUTHZ_NAMESPACE}:{key})%");
     let mut log = json!({
@@ -575,6 +614,12 @@ fn access_log(a2a: bool) -> Value {
             "a2a_task",
             "a2a_refused",
         ] {
+            format[key] = json!(meta(key));
+        }
+    }
+    if mcp_direct {
+        let format = &mut log["typed_config"]["log_format"]["json_format"];
+        for key in ["mcp_server", "mcp_method", "mcp_tool", "mcp_refused"] {
             format[key] = json!(meta(key));
         }
     }

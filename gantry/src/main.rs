@@ -250,8 +250,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(a) => format!(", a2a: {} agents, {} rules", a.agents.len(), a.rules.len()),
                 None => String::new(),
             };
+            let direct = match &parsed.mcp_direct {
+                Some(d) => format!(", mcp_direct: {} servers", d.servers.len()),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} providers, {} models{auth}{governance}{a2a})",
+                "{}: OK ({} providers, {} models{auth}{governance}{a2a}{direct})",
                 config.display(),
                 parsed.providers.len(),
                 parsed.models.len()

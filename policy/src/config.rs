@@ -22,6 +22,7 @@ mod governance;
 mod guard_webhook;
 mod guards;
 mod mcp;
+mod mcp_direct;
 pub mod response_guards;
 mod routing;
 pub use a2a::*;
@@ -30,6 +31,7 @@ pub use governance::*;
 pub use guard_webhook::*;
 pub use guards::*;
 pub use mcp::*;
+pub use mcp_direct::*;
 pub use response_guards::ResponseGuardSection;
 pub use routing::*;
 
@@ -92,6 +94,10 @@ pub struct ConfigFile {
     /// checks and the agent registry (ext_proc). Off unless configured.
     #[serde(default)]
     pub a2a: Option<A2aSection>,
+    /// MCP servers Envoy routes to directly, policed inline by ext_proc (no bridge). Off unless
+    /// configured.
+    #[serde(default)]
+    pub mcp_direct: Option<McpDirectSection>,
 }
 
 /// Where Gantry serves `GET /metrics` (Prometheus text).
@@ -484,6 +490,9 @@ impl ConfigFile {
         }
         if let Some(a2a) = &self.a2a {
             a2a.validate(&mut issues);
+        }
+        if let Some(direct) = &self.mcp_direct {
+            direct.validate(&mut issues);
         }
         if self.ext_proc.message_timeout_ms == Some(0) {
             issues.push(ConfigIssue {
@@ -950,6 +959,42 @@ fn check_name(name: &Spanned<String>, path: &str, issues: &mut Vec<ConfigIssue>)
                 name.value
             ),
         ));
+    }
+}
+
+/// Validates headers Gantry sets on an upstream (agent or MCP server) at `path`: exactly one of
+/// `value` and `value_env`, a variable name, and a header name Gantry may set.
+fn check_upstream_headers(path: &str, headers: &[UpstreamHeader], issues: &mut Vec<ConfigIssue>) {
+    for (j, header) in headers.iter().enumerate() {
+        let hpath = format!("{path}.headers[{j}]");
+        match (&header.value, &header.value_env) {
+            (Some(_), None) => {}
+            (None, Some(env)) if is_env_var_name(&env.value) => {}
+            (None, Some(env)) => issues.push(issue(
+                &format!("{hpath}.value_env"),
+                env.referenced.line(),
+                format!("'{}' is not an environment variable name", env.value),
+            )),
+            _ => issues.push(issue(
+                &hpath,
+                header.name.referenced.line(),
+                "set exactly one of value and value_env".into(),
+            )),
+        }
+        let name = header.name.value.to_ascii_lowercase();
+        if name.is_empty()
+            || name.starts_with(':')
+            || name == "host"
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            issues.push(issue(
+                &format!("{hpath}.name"),
+                header.name.referenced.line(),
+                format!("'{}' is not a header Gantry can set", header.name.value),
+            ));
+        }
     }
 }
 

@@ -330,6 +330,8 @@ pub struct Snapshot {
     pub routing: crate::routing::RoutingRules,
     /// A2A agents, when the config has an `a2a` section.
     pub a2a: Option<Arc<crate::a2a::A2aPolicy>>,
+    /// MCP servers policed inline, when the config has an `mcp_direct` section.
+    pub mcp_direct: Option<Arc<crate::mcp::direct::DirectMcpPolicy>>,
     /// What the targets' `when` conditions read, over all aliases.
     target_condition_uses: VariableUse,
 }
@@ -449,6 +451,9 @@ impl Snapshot {
                     .ok()
             }),
             routing: crate::routing::RoutingRules::compile(&config.routing),
+            mcp_direct: config.mcp_direct.as_ref().map(|section| {
+                Arc::new(crate::mcp::direct::DirectMcpPolicy::compile(section, env))
+            }),
             a2a: config.a2a.as_ref().map(|section| {
                 Arc::new(crate::a2a::A2aPolicy::compile(
                     section,

@@ -105,9 +105,45 @@ pub fn line_ending(event: &[u8]) -> &'static [u8] {
     }
 }
 
+/// The event with its `data:` lines replaced by one line carrying `payload`; its other fields
+/// (`event:`, `id:`, `retry:`, comments) and its line endings are kept.
+pub fn with_data(event: &[u8], payload: &[u8]) -> Vec<u8> {
+    let ending = line_ending(event);
+    let mut out = Vec::with_capacity(event.len() + payload.len());
+    let mut wrote = false;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with(b"data:") {
+            if !wrote {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(payload);
+                out.extend_from_slice(ending);
+                wrote = true;
+            }
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(ending);
+    }
+    out.extend_from_slice(ending);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_data_replaces_only_the_data() {
+        assert_eq!(
+            with_data(b"event: message\r\nid: 7\r\ndata: {\"a\":1}\r\n\r\n", b"{}"),
+            b"event: message\r\nid: 7\r\ndata: {}\r\n\r\n"
+        );
+        assert_eq!(with_data(b"data: x\ndata: y\n\n", b"z"), b"data: z\n\n");
+    }
 
     #[test]
     fn reassembles_events_split_anywhere() {

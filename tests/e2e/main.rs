@@ -22,6 +22,7 @@ mod litellm_import;
 mod llm_path;
 mod mcp_bridge;
 mod mcp_conformance;
+mod mcp_direct;
 mod mcp_interop;
 mod reload;
 mod routing;

@@ -20,7 +20,7 @@ use cel::{Context, Program, Value as CelValue};
 
 use super::protocol::CallFacts;
 use crate::auth::rules::{env, evaluate_rules, Rule, RuleVerdict};
-use crate::config::{issue, ConfigIssue, RuleSection};
+use crate::config::{ConfigIssue, RuleSection};
 use crate::governance::scope::compile_with_variables;
 use crate::mcp::authz::{cel_map, principal_value, McpCaller};
 
@@ -47,27 +47,7 @@ fn compile_rule(source: &str) -> Result<Program, String> {
 
 /// Config validation of `a2a.rules`.
 pub(crate) fn validate_rules(rules: &[RuleSection], issues: &mut Vec<ConfigIssue>) {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    for (i, rule) in rules.iter().enumerate() {
-        let path = format!("a2a.rules[{i}]");
-        if let Some(first) = names.insert(rule.name.value.as_str(), i) {
-            issues.push(issue(
-                &format!("{path}.name"),
-                rule.name.referenced.line(),
-                format!(
-                    "duplicate rule name '{}' (first declared at a2a.rules[{first}])",
-                    rule.name.value
-                ),
-            ));
-        }
-        if let Err(e) = compile_rule(&rule.when.value) {
-            issues.push(issue(
-                &format!("{path}.when"),
-                rule.when.referenced.line(),
-                format!("rule '{}' does not compile: {e}", rule.name.value),
-            ));
-        }
-    }
+    crate::mcp::authz::validate_rule_list("a2a.rules", rules, compile_rule, issues);
 }
 
 /// One question to the rules.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{check_name, is_env_var_name, issue, ConfigIssue, RuleSection};
+use super::{check_name, issue, ConfigIssue, RuleSection};
 use crate::endpoint::ProviderEndpoint;
 
 /// The public path under which agents are served unless configured: `/a2a/<agent>/…`.
@@ -220,37 +220,7 @@ impl A2aSection {
                     "must be at least 1".into(),
                 ));
             }
-            for (j, header) in agent.headers.iter().enumerate() {
-                let hpath = format!("{path}.headers[{j}]");
-                match (&header.value, &header.value_env) {
-                    (Some(_), None) => {}
-                    (None, Some(env)) if is_env_var_name(&env.value) => {}
-                    (None, Some(env)) => issues.push(issue(
-                        &format!("{hpath}.value_env"),
-                        env.referenced.line(),
-                        format!("'{}' is not an environment variable name", env.value),
-                    )),
-                    _ => issues.push(issue(
-                        &hpath,
-                        header.name.referenced.line(),
-                        "set exactly one of value and value_env".into(),
-                    )),
-                }
-                let name = header.name.value.to_ascii_lowercase();
-                if name.is_empty()
-                    || name.starts_with(':')
-                    || name == "host"
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    issues.push(issue(
-                        &format!("{hpath}.name"),
-                        header.name.referenced.line(),
-                        format!("'{}' is not a header Gantry can set", header.name.value),
-                    ));
-                }
-            }
+            super::check_upstream_headers(&path, &agent.headers, issues);
         }
     }
 }

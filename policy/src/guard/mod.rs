@@ -821,6 +821,83 @@ impl GuardPolicy {
     }
 }
 
+/// What the request guards made of texts outside an LLM request ([`GuardPolicy::check_texts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextsVerdict {
+    /// Pass them on; `masked` says some texts were rewritten in place.
+    Forward { hits: Vec<GuardHit>, masked: bool },
+    /// Refuse them; the last hit is the one that refused (none: the guards are unavailable).
+    Reject { hits: Vec<GuardHit> },
+}
+
+impl GuardPolicy {
+    /// Runs the request guards whose scopes include `scope` over `texts` (e.g. the strings of an
+    /// MCP tool call's arguments, or the text of its result), as `<field>[i]`. Masks rewrite
+    /// `texts` in place. Guards' `when` conditions read LLM requests and are not evaluated
+    /// here: every guard for the scope runs. Webhook guards do not run here.
+    pub fn check_texts(
+        &self,
+        scope: GuardScope,
+        field: &'static str,
+        texts: &mut [String],
+    ) -> TextsVerdict {
+        if let Some(reason) = &self.unavailable {
+            tracing::error!(%reason, "request guards are unavailable; MCP message refused");
+            return TextsVerdict::Reject { hits: Vec::new() };
+        }
+        let all = GuardSelection::all();
+        if !self.scopes.contains(scope) {
+            return TextsVerdict::Forward {
+                hits: Vec::new(),
+                masked: false,
+            };
+        }
+        let mut scan = Scan {
+            guards: &self.request,
+            selection: &all,
+            hits: Vec::new(),
+            rejected: None,
+            found: Vec::new(),
+            location: None,
+            location_hits: 0,
+        };
+        let mut masked = false;
+        for (i, text) in texts.iter_mut().enumerate() {
+            match scan.text(prompt::Location::Item(field, i), ScopeSet::of(scope), text) {
+                Visit::Keep => {}
+                Visit::Replace(new) => {
+                    *text = new;
+                    masked = true;
+                }
+                Visit::Stop => break,
+            }
+        }
+        for hit in &scan.hits {
+            log_hit(hit);
+        }
+        match scan.rejected {
+            Some(_) => TextsVerdict::Reject { hits: scan.hits },
+            None => TextsVerdict::Forward {
+                hits: scan.hits,
+                masked,
+            },
+        }
+    }
+}
+
+/// How a refusing hit is described to a client: the guard, the rule and where, never the text.
+pub fn describe_rejection(hit: &GuardHit) -> String {
+    let what = match hit.rule {
+        GuardRule::Detector(detector) => format!("{detector} found"),
+        GuardRule::Pattern(index) => format!("patterns[{index}] matched"),
+        GuardRule::Webhook | GuardRule::WebhookUnavailable => "its webhook refused it".into(),
+    };
+    format!(
+        "blocked by guard '{}': {what} in {}",
+        hit.guard, hit.location
+    )
+}
+
 pub(super) fn log_hit(hit: &GuardHit) {
     tracing::info!(
         guard = %hit.guard,
@@ -836,20 +913,12 @@ pub(super) fn log_hit(hit: &GuardHit) {
 /// The reply to a refused request. It names the guard, the rule and where, never the text;
 /// nor a `prompt_injection` score, which would tell a client how close to the threshold it is.
 fn rejection(hit: &GuardHit) -> LocalReply {
-    let what = match hit.rule {
-        GuardRule::Detector(detector) => format!("{detector} found"),
-        GuardRule::Pattern(index) => format!("patterns[{index}] matched"),
-        GuardRule::Webhook | GuardRule::WebhookUnavailable => "its webhook refused it".into(),
-    };
     LocalReply::openai_error(
         400,
         "invalid_request_error",
         GUARD_REJECTED,
         Some(&hit.location),
-        format!(
-            "request blocked by guard '{}': {what} in {}",
-            hit.guard, hit.location
-        ),
+        format!("request {}", describe_rejection(hit)),
     )
 }
 

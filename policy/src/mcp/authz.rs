@@ -108,22 +108,38 @@ pub fn compile_rule(source: &str) -> Result<Program, String> {
 
 /// Config validation of `mcp.rules`.
 pub(crate) fn validate_rules(rules: &[RuleSection], issues: &mut Vec<ConfigIssue>) {
+    validate_rules_at("mcp.rules", rules, issues);
+}
+
+/// Config validation of MCP rules at `path` (`mcp.rules`, `mcp_direct.rules`).
+pub(crate) fn validate_rules_at(path: &str, rules: &[RuleSection], issues: &mut Vec<ConfigIssue>) {
+    validate_rule_list(path, rules, compile_rule, issues);
+}
+
+/// Config validation of a list of named CEL rules: unique names, conditions that compile
+/// with `compile`.
+pub(crate) fn validate_rule_list(
+    path: &str,
+    rules: &[RuleSection],
+    compile: fn(&str) -> Result<Program, String>,
+    issues: &mut Vec<ConfigIssue>,
+) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, rule) in rules.iter().enumerate() {
-        let path = format!("mcp.rules[{i}]");
+        let at = format!("{path}[{i}]");
         if let Some(first) = names.insert(rule.name.value.as_str(), i) {
             issues.push(issue(
-                &format!("{path}.name"),
+                &format!("{at}.name"),
                 rule.name.referenced.line(),
                 format!(
-                    "duplicate rule name '{}' (first declared at mcp.rules[{first}])",
+                    "duplicate rule name '{}' (first declared at {path}[{first}])",
                     rule.name.value
                 ),
             ));
         }
-        if let Err(e) = compile_rule(&rule.when.value) {
+        if let Err(e) = compile(&rule.when.value) {
             issues.push(issue(
-                &format!("{path}.when"),
+                &format!("{at}.when"),
                 rule.when.referenced.line(),
                 format!("rule '{}' does not compile: {e}", rule.name.value),
             ));

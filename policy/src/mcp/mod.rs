@@ -6,6 +6,7 @@
 //! Nothing here does I/O or knows about HTTP, Envoy or gRPC.
 
 pub mod authz;
+pub mod direct;
 pub mod names;
 pub mod pin;
 pub mod protocol;
