@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders, ProcessingResponse,
 };
 use envoy_types::pb::google::protobuf::Struct;
+use gantry_policy::a2a::tasks::{created_task, TaskOwners};
 use gantry_policy::a2a::{
     A2aMethod, A2aPolicy, A2aRoute, Admitted, Agent, AgentHead, CallFacts, FetchedCard,
     PendingBody, PublicOrigin, CARD_SIGNATURES_HEADER,
@@ -28,6 +29,7 @@ use gantry_policy::a2a::{
 use gantry_policy::governance::Caller;
 use gantry_policy::mcp::authz::McpCaller;
 use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_HEADER};
+use gantry_policy::sse::{single_data_payload, SseFramer};
 
 use crate::http_stream::{
     add_gantry_field, gantry_metadata, header, immediate, respond, set_header, string_value,
@@ -64,6 +66,14 @@ enum AgentState {
     RewritingBody {
         card: CardReply,
     },
+    /// A send's answer is read (not changed) for the task it creates: whole (`None`) or, for
+    /// a stream, until its first event names the task.
+    LearningTask(Option<SseFramer>),
+}
+
+fn task_owners() -> &'static Mutex<TaskOwners> {
+    static OWNERS: OnceLock<Mutex<TaskOwners>> = OnceLock::new();
+    OWNERS.get_or_init(Default::default)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -160,6 +170,9 @@ pub(crate) async fn on_request_headers(
             None
         }
         AgentHead::Forward(facts) => {
+            if let Err(reply) = exchange.check_task_owner(&facts, &serde_json::Value::Null) {
+                return Some((exchange.refuse(Some(&facts), &reply), None));
+            }
             exchange.method = Some(facts.method);
             if facts.method == A2aMethod::GetExtendedAgentCard {
                 exchange.state = AgentState::Forwarded {
@@ -214,6 +227,9 @@ impl AgentExchange {
             Err(refused) => return self.refuse(refused.facts.as_deref(), &refused.reply),
         };
         self.method = Some(admitted.facts.method);
+        if let Err(reply) = self.check_task_owner(&admitted.facts, &admitted.id) {
+            return self.refuse(Some(&admitted.facts), &reply);
+        }
         if let Err(reply) = self.check_webhook_hosts(&admitted).await {
             return self.refuse(Some(&admitted.facts), &reply);
         }
@@ -231,6 +247,28 @@ impl AgentExchange {
             dynamic_metadata: Some(call_metadata(&self.agent.name, &admitted.facts)),
             ..Default::default()
         }
+    }
+
+    fn check_task_owner(
+        &self,
+        facts: &CallFacts,
+        id: &serde_json::Value,
+    ) -> Result<(), gantry_policy::LocalReply> {
+        let owners = task_owners().lock().unwrap_or_else(|e| e.into_inner());
+        self.policy
+            .check_task_owner(&self.agent, facts, id, &self.caller, &owners)
+    }
+
+    fn learn_task(&self, answer: &[u8]) -> bool {
+        let Some(task) = serde_json::from_slice::<serde_json::Value>(answer)
+            .ok()
+            .and_then(|v| created_task(&v))
+        else {
+            return false;
+        };
+        let mut owners = task_owners().lock().unwrap_or_else(|e| e.into_inner());
+        owners.record(&self.agent.name, &task, &self.caller.binding());
+        true
     }
 
     /// Answers for the agent: counted, and in the access log with what is known of the call.
@@ -293,12 +331,33 @@ impl AgentExchange {
             && json
             && !headers.end_of_stream;
         let mut remove_headers = Vec::new();
+        let sends = matches!(
+            self.method,
+            Some(A2aMethod::SendMessage | A2aMethod::SendStreamingMessage)
+        );
+        let learn = self.policy.binds_tasks()
+            && sends
+            && (200..300).contains(&status)
+            && !headers.end_of_stream;
+        let stream =
+            header(map, "content-type").is_some_and(|t| t.starts_with("text/event-stream"));
         let mode = if rewrite {
             self.state = AgentState::RewritingBody { card };
             // The rewritten card has another size and another validator.
             remove_headers.extend(["content-length".to_string(), "etag".to_string()]);
             Some(ProcessingMode {
                 response_body_mode: BodySendMode::Buffered as i32,
+                ..Default::default()
+            })
+        } else if learn && (json || stream) {
+            // Read, never changed: a stream still reaches the client chunk by chunk.
+            self.state = AgentState::LearningTask(stream.then(SseFramer::new));
+            Some(ProcessingMode {
+                response_body_mode: if stream {
+                    BodySendMode::Streamed
+                } else {
+                    BodySendMode::Buffered
+                } as i32,
                 ..Default::default()
             })
         } else {
@@ -320,6 +379,23 @@ impl AgentExchange {
     }
 
     pub(crate) fn on_response_body(&mut self, body: &HttpBody) -> ProcessingResponse {
+        if let AgentState::LearningTask(framer) = &mut self.state {
+            let learned = match framer {
+                None => body.end_of_stream && self.learn_task(&body.body),
+                Some(framer) => {
+                    let events = framer.push(&body.body);
+                    events.iter().any(|event| {
+                        single_data_payload(event).is_some_and(|data| self.learn_task(data))
+                    })
+                }
+            };
+            if learned || body.end_of_stream {
+                self.state = AgentState::Forwarded {
+                    card: CardReply::None,
+                };
+            }
+            return respond(Response::ResponseBody(BodyResponse::default()));
+        }
         let AgentState::RewritingBody { card } = self.state else {
             return respond(Response::ResponseBody(BodyResponse::default()));
         };
@@ -472,6 +548,7 @@ fn outcome_of_reply(reply: &gantry_policy::LocalReply) -> &'static str {
         "a2a_denied" => "denied",
         "a2a_webhook_refused" => "webhook_refused",
         "a2a_agent_unavailable" => "unavailable",
+        "a2a_task_not_owned" => "task_not_owned",
         _ => "bad_request",
     }
 }
@@ -502,7 +579,7 @@ pub fn render_prometheus() -> String {
         return String::new();
     }
     let mut out = String::from(
-        "# HELP gantry_a2a_requests_total A2A requests by agent, method (A2A 1.0 name) and outcome (ok, client_error, server_error from the agent's status; denied, webhook_refused, bad_request, unavailable, card_refused by the gateway; registry).\n# TYPE gantry_a2a_requests_total counter\n",
+        "# HELP gantry_a2a_requests_total A2A requests by agent, method (A2A 1.0 name) and outcome (ok, client_error, server_error from the agent's status; denied, webhook_refused, task_not_owned, bad_request, unavailable, card_refused by the gateway; registry).\n# TYPE gantry_a2a_requests_total counter\n",
     );
     for ((agent, method, outcome), count) in counters.iter() {
         out.push_str(&format!(

@@ -48,14 +48,14 @@ a2a:
     (start_stack(ports, yaml, vec![]).await, metrics)
 }
 
-fn client(base: String, key: &'static str, steps: &'static [&'static str]) -> Vec<Value> {
-    a2a_client(&base, &[("x-api-key", key)], steps)
-}
-
-async fn run_client(base: String, key: &'static str, steps: &'static [&'static str]) -> Vec<Value> {
-    tokio::task::spawn_blocking(move || client(base, key, steps))
-        .await
-        .expect("client task")
+async fn run_client(base: String, key: &'static str, steps: &[&str]) -> Vec<Value> {
+    let steps: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+        a2a_client(&base, &[("x-api-key", key)], &steps)
+    })
+    .await
+    .expect("client task")
 }
 
 fn no_error(step: &Value) -> &Value {
@@ -190,6 +190,21 @@ async fn the_sdk_client_reaches_an_agent_only_through_the_gateway() {
     );
     assert_eq!(no_error(&dev[3])["artifacts"][0], "echo: still fine");
 
+    // Tasks are bound to their creator: dev cannot read or cancel ops' task, which it is
+    // told does not exist; ops still can.
+    let task = sent["task_id"].as_str().expect("task id").to_string();
+    let get = format!("get:{task}");
+    let cancel = format!("raw:CancelTask:{{\"id\":\"{task}\"}}");
+    let other = run_client(base.clone(), DEV_KEY, &[&get, &cancel]).await;
+    assert_eq!(other[0]["error"]["code"], -32001, "{}", other[0]);
+    assert_eq!(other[1]["body"]["error"]["code"], -32001, "{}", other[1]);
+    let own = run_client(base.clone(), OPS_KEY, &[&get]).await;
+    assert_eq!(no_error(&own[0])["state"], "TASK_STATE_COMPLETED");
+    // Also for a task created by a stream.
+    let streamed_task = streamed["task_id"].as_str().expect("task id").to_string();
+    let other = run_client(base.clone(), DEV_KEY, &[&format!("get:{streamed_task}")]).await;
+    assert_eq!(other[0]["error"]["code"], -32001, "{}", other[0]);
+
     // Without a key, ext_authz refuses before anything reaches the agent.
     let anonymous = http()
         .get(format!("{base}/.well-known/agent-card.json"))
@@ -222,6 +237,7 @@ async fn the_sdk_client_reaches_an_agent_only_through_the_gateway() {
         "gantry_a2a_requests_total{agent=\"echo\",method=\"SendStreamingMessage\",outcome=\"ok\"}",
         "gantry_a2a_requests_total{agent=\"echo\",method=\"CancelTask\",outcome=\"ok\"}",
         "gantry_a2a_requests_total{agent=\"echo\",method=\"GetAgentCard\",outcome=\"ok\"}",
+        "gantry_a2a_requests_total{agent=\"echo\",method=\"GetTask\",outcome=\"task_not_owned\"}",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
@@ -245,6 +261,7 @@ async fn webhooks_on_private_addresses_never_reach_the_agent() {
             "v03-send:old client",
             "v03-push:http://192.168.1.10/hook",
             "push:https://93.184.216.34/hook",
+            "v03-sdk-send:sdk 0.3 transport",
         ],
     )
     .await;
@@ -271,6 +288,12 @@ async fn webhooks_on_private_addresses_never_reach_the_agent() {
     // A public webhook is allowed.
     let allowed = no_error(&steps[6]);
     assert_eq!(allowed["url"], "https://93.184.216.34/hook", "{allowed}");
+    // The SDK's own 0.3 transport (A2A-Version: 0.3) is served as well.
+    let sdk_03 = no_error(&steps[7]);
+    assert_eq!(
+        sdk_03["artifacts"][0], "echo: sdk 0.3 transport",
+        "{sdk_03}"
+    );
     // The agent saw only the allowed one.
     let configured = agent.push_config_urls();
     assert_eq!(

@@ -10,6 +10,7 @@
 pub mod authz;
 pub mod card;
 pub mod protocol;
+pub mod tasks;
 pub mod webhook;
 
 use std::fmt;
@@ -93,6 +94,7 @@ pub struct A2aPolicy {
     security: CardSecurity,
     webhooks: WebhookPolicy,
     rules: A2aRules,
+    bind_tasks: bool,
     pub agents: Vec<Arc<Agent>>,
 }
 
@@ -219,6 +221,7 @@ impl A2aPolicy {
             security: CardSecurity::compile(section.security.as_ref(), auth),
             webhooks: WebhookPolicy::compile(&section.push_notifications),
             rules: A2aRules::compile(&section.rules),
+            bind_tasks: section.bind_tasks_to_caller,
             agents,
             path,
         }
@@ -516,6 +519,45 @@ impl A2aPolicy {
             }
         }
         Ok(Admitted { facts, id, resolve })
+    }
+
+    /// Whether the answers to sends are read to learn which caller created each task.
+    pub fn binds_tasks(&self) -> bool {
+        self.bind_tasks
+    }
+
+    /// Refuses a request about a task another caller created, as the agent refuses an unknown
+    /// task (the task's existence is not revealed). A task the gateway did not see created
+    /// (another replica, before a restart) is left to the rules.
+    pub fn check_task_owner(
+        &self,
+        agent: &Agent,
+        facts: &CallFacts,
+        id: &Value,
+        caller: &McpCaller,
+        owners: &tasks::TaskOwners,
+    ) -> Result<(), LocalReply> {
+        if !self.bind_tasks || facts.task.is_empty() {
+            return Ok(());
+        }
+        match owners.owner(&agent.name, &facts.task) {
+            Some(owner) if owner != caller.binding() => {
+                tracing::info!(agent = %agent.name, task = %facts.task, method = facts.method.as_str(), "A2A request about another caller's task refused");
+                Err(match facts.binding {
+                    Binding::JsonRpc => {
+                        protocol::jsonrpc_error(id, -32001, "Task not found", "a2a_task_not_owned")
+                    }
+                    _ => protocol::rest_error(
+                        404,
+                        "NOT_FOUND",
+                        "TASK_NOT_FOUND",
+                        "Task not found",
+                        "a2a_task_not_owned",
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks what a webhook host resolved to (`Err(message)` from the lookup itself refuses
@@ -865,6 +907,57 @@ mod tests {
             [("authorization".to_string(), "Bearer s3cret".to_string())]
         );
         assert!(!format!("{:?}", p.agents[0]).contains("s3cret"));
+    }
+
+    #[test]
+    fn card_urls_follow_the_public_url_or_the_forwarded_headers() {
+        let p = policy("");
+        let echo = p.agents[0].clone();
+        let forwarded = PublicOrigin {
+            forwarded_proto: Some("https, http"),
+            forwarded_host: Some("gw.example.com"),
+            authority: Some("10.0.0.5:10000"),
+        };
+        assert_eq!(
+            p.public_base(&echo, &forwarded),
+            "https://gw.example.com/a2a/echo"
+        );
+        let direct = PublicOrigin {
+            authority: Some("127.0.0.1:10000"),
+            ..PublicOrigin::default()
+        };
+        assert_eq!(
+            p.public_base(&echo, &direct),
+            "http://127.0.0.1:10000/a2a/echo"
+        );
+        let fixed = policy("  public_url: https://agents.example.com/\n");
+        assert_eq!(
+            fixed.public_base(&fixed.agents[0], &forwarded),
+            "https://agents.example.com/a2a/echo"
+        );
+    }
+
+    #[test]
+    fn an_extended_card_in_a_jsonrpc_result_is_rewritten_too() {
+        let p = policy("");
+        let echo = p.agents[0].clone();
+        let caller = McpCaller::anonymous();
+        let answer = br#"{"jsonrpc":"2.0","id":5,"result":{"name":"echo","supportedInterfaces":[{"url":"http://127.0.0.1:18010/base/rpc","protocolBinding":"JSONRPC"}]}}"#;
+        let rewritten = p
+            .rewrite_card_in_result(&echo, answer, "https://gw/a2a/echo", &caller, &[])
+            .unwrap();
+        let value: Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(value["id"], 5);
+        assert_eq!(
+            value["result"]["supportedInterfaces"][0]["url"],
+            "https://gw/a2a/echo/rpc"
+        );
+        // An error answer stays as it is.
+        let error =
+            br#"{"jsonrpc":"2.0","id":6,"error":{"code":-32007,"message":"no extended card"}}"#;
+        assert!(p
+            .rewrite_card_in_result(&echo, error, "https://gw/a2a/echo", &caller, &[])
+            .is_none());
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct A2aSection {
     /// A skill a caller may not use is also left out of the card they see.
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    /// Bind each task to the caller whose request created it (default true): a request about
+    /// another caller's task is answered "task not found". Per gateway process: a task created
+    /// through another replica, or before a restart, is left to the rules.
+    #[serde(default = "yes")]
+    pub bind_tasks_to_caller: bool,
     pub agents: Vec<AgentSection>,
 }
 
