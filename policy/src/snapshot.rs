@@ -455,11 +455,7 @@ impl Snapshot {
                 Arc::new(crate::mcp::direct::DirectMcpPolicy::compile(section, env))
             }),
             a2a: config.a2a.as_ref().map(|section| {
-                Arc::new(crate::a2a::A2aPolicy::compile(
-                    section,
-                    config.auth.as_ref(),
-                    env,
-                ))
+                Arc::new(crate::a2a::A2aPolicy::compile(section, config, env))
             }),
             guards: config.guards.as_ref().map_or_else(GuardPolicy::default, |section| {
                 // Unreachable on a validated config; refuse guarded traffic rather than let

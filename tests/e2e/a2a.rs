@@ -471,3 +471,72 @@ async fn signed_cards_are_republished_unsigned_or_refused() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v03_card_is_rewritten_in_its_own_shape_and_a_v03_client_works_through_it() {
+    let agent = tokio::task::spawn_blocking(|| {
+        start_a2a_agent(A2aAgentOptions {
+            card_v03: true,
+            ..A2aAgentOptions::default()
+        })
+    })
+    .await
+    .unwrap();
+    let (stack, _) = stack(&[("old", &agent)], "").await;
+    let base = stack.url("/a2a/old");
+    let response = http()
+        .get(format!("{base}/.well-known/agent-card.json"))
+        .header("x-api-key", DEV_KEY)
+        .send()
+        .await
+        .unwrap();
+    let (status, card) = json_of(response).await;
+    assert_eq!(status, 200, "{card}");
+    assert_eq!(card["url"], format!("{base}/"), "{card}");
+    assert_eq!(
+        card["additionalInterfaces"][1]["url"],
+        format!("{base}/rest"),
+        "{card}"
+    );
+    assert!(card.get("supportedInterfaces").is_none(), "{card}");
+    assert_eq!(
+        card["securitySchemes"]["gantry_api_key"],
+        serde_json::json!({"type": "apiKey", "in": "header", "name": "x-api-key",
+            "description": "A Gantry API key (also accepted as 'Authorization: Bearer <key>')"}),
+        "{card}"
+    );
+    assert_eq!(
+        card["security"],
+        serde_json::json!([{"gantry_api_key": []}]),
+        "{card}"
+    );
+    assert_eq!(
+        skill_ids(&card),
+        ["echo"],
+        "dev sees no admin skill: {card}"
+    );
+
+    // The SDK client reads the 0.3 card, picks its 0.3 transport, and works through the gateway.
+    let steps = run_client(
+        base.clone(),
+        OPS_KEY,
+        &["card", "send:from 0.3", "get:last"],
+    )
+    .await;
+    let resolved = &no_error(&steps[0])["card"];
+    assert_eq!(
+        interface_urls(resolved)[0],
+        format!("{base}/"),
+        "{resolved}"
+    );
+    assert_eq!(
+        no_error(&steps[1])["artifacts"][0],
+        "echo: from 0.3",
+        "{}",
+        steps[1]
+    );
+    no_error(&steps[2]);
+    stack.wait_for_access_log("a 0.3 send", |e| {
+        e["a2a_agent"] == "old" && e["a2a_method"] == "SendMessage" && e["status"] == 200
+    });
+}

@@ -44,6 +44,9 @@ pub struct A2aAgentOptions {
     pub signed: bool,
     /// The card's `name` (default `echo-agent`).
     pub name: Option<String>,
+    /// The card is served in the A2A 0.3 shape (`url`, `preferredTransport`,
+    /// `additionalInterfaces`, `security`); the agent still speaks both versions.
+    pub card_v03: bool,
 }
 
 /// A running `agent_server.py` on `127.0.0.1:port`, in its own process group, killed on drop.
@@ -146,6 +149,9 @@ pub fn start_a2a_agent(opts: A2aAgentOptions) -> A2aAgent {
         .current_dir(project_root());
     if opts.signed {
         command.arg("--signed");
+    }
+    if opts.card_v03 {
+        command.arg("--card-v03");
     }
     let process_name = format!("a2a-agent-{name}");
     let mut process = ChildProcess::spawn(&process_name, &mut command);
@@ -269,6 +275,7 @@ mod tests {
         let agent = start_a2a_agent(A2aAgentOptions {
             signed: true,
             name: Some("alpha".to_string()),
+            ..A2aAgentOptions::default()
         });
         let base = agent.base_url();
         let hook = "http://127.0.0.1:9/hook";

@@ -26,9 +26,13 @@ pub struct CardSecurity {
 }
 
 impl CardSecurity {
-    /// From `a2a.security`, else from the `auth` section, else none (the gateway asks
-    /// nothing of callers).
-    pub fn compile(section: Option<&A2aSecuritySection>, auth: Option<&AuthSection>) -> Self {
+    /// From `a2a.security`, else from the `auth` section (mTLS only when the listener asks for
+    /// client certificates), else none (the gateway asks nothing of callers).
+    pub fn compile(
+        section: Option<&A2aSecuritySection>,
+        auth: Option<&AuthSection>,
+        client_certificates: bool,
+    ) -> Self {
         let (schemes, requirements) = match (section, auth) {
             (Some(section), _) => {
                 let requirements = if section.requirements.is_empty() {
@@ -60,7 +64,7 @@ impl CardSecurity {
                         }}),
                     );
                 }
-                if auth.mtls_identity {
+                if auth.mtls_identity && client_certificates {
                     schemes.insert(
                         "gantry_mtls".into(),
                         json!({ "mtlsSecurityScheme": {
@@ -401,7 +405,7 @@ mod tests {
             "schemes:\n  gw_key: { apiKeySecurityScheme: { location: header, name: x-api-key } }\n  gw_jwt: { httpAuthSecurityScheme: { scheme: Bearer, bearerFormat: JWT } }\n",
         )
         .unwrap();
-        CardSecurity::compile(Some(&section), None)
+        CardSecurity::compile(Some(&section), None, false)
     }
 
     fn ctx<'a>(security: &'a CardSecurity, allowed: &'a dyn Fn(&str) -> bool) -> CardContext<'a> {
@@ -526,6 +530,26 @@ mod tests {
         let changes = rewrite_card(&mut c, &ctx(&security, &no_admin)).unwrap();
         assert_eq!(changes.skills_hidden, 1);
         assert_eq!(c["skills"], json!([{"id":"echo"}]));
+    }
+
+    #[test]
+    fn without_a2a_security_the_auth_section_is_described() {
+        let auth: AuthSection = serde_saphyr::from_str(
+            "api_keys: [{ name: k, hash: 'sha256:7dd9b878f2f5f3c1330b04fcafbbb4a0241b74f9bc5b56d3bcb1101167764b24' }]\nmtls_identity: true\n",
+        )
+        .unwrap();
+        let names =
+            |security: &CardSecurity| security.v1_schemes.keys().cloned().collect::<Vec<_>>();
+        // mTLS is advertised only when the listener asks for client certificates.
+        assert_eq!(
+            names(&CardSecurity::compile(None, Some(&auth), false)),
+            ["gantry_api_key"]
+        );
+        assert_eq!(
+            names(&CardSecurity::compile(None, Some(&auth), true)),
+            ["gantry_api_key", "gantry_mtls"]
+        );
+        assert!(names(&CardSecurity::compile(None, None, true)).is_empty());
     }
 
     #[test]

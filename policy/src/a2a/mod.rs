@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::auth::rules::RuleVerdict;
-use crate::config::{A2aSection, AuthSection, SignedCards};
+use crate::config::{A2aSection, ConfigFile, SignedCards};
 use crate::endpoint::ProviderEndpoint;
 use crate::mcp::authz::McpCaller;
 use crate::openai_api::LocalReply;
@@ -166,9 +166,11 @@ pub struct PublicOrigin<'a> {
 }
 
 impl A2aPolicy {
+    /// Compiles `section`; `config` is the whole config (its `auth` and `tls` say what security
+    /// cards advertise).
     pub fn compile(
         section: &A2aSection,
-        auth: Option<&AuthSection>,
+        config: &ConfigFile,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> A2aPolicy {
         let path = section.path().to_string();
@@ -218,7 +220,14 @@ impl A2aPolicy {
                 .as_ref()
                 .and_then(|u| crate::config::parse_public_url(&u.value).ok()),
             signed_cards: section.signed_cards,
-            security: CardSecurity::compile(section.security.as_ref(), auth),
+            security: CardSecurity::compile(
+                section.security.as_ref(),
+                config.auth.as_ref(),
+                config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|tls| tls.client_ca_file.is_some()),
+            ),
             webhooks: WebhookPolicy::compile(&section.push_notifications),
             rules: A2aRules::compile(&section.rules),
             bind_tasks: section.bind_tasks_to_caller,
@@ -739,7 +748,7 @@ mod tests {
             "listen: 127.0.0.1:10000\na2a:\n{extra}  agents:\n    - {{ name: echo, url: 'http://127.0.0.1:18010/base' }}\n    - {{ name: keyed, url: 'https://agent.example.com', headers: [{{ name: Authorization, value_env: AGENT_TOKEN, prefix: 'Bearer ' }}] }}\n"
         ))
         .expect("valid config");
-        A2aPolicy::compile(config.a2a.as_ref().unwrap(), None, &|_| None)
+        A2aPolicy::compile(config.a2a.as_ref().unwrap(), &config, &|_| None)
     }
 
     fn body_error(result: Result<Admitted, Refused>) -> (i64, String) {
@@ -898,7 +907,7 @@ mod tests {
         }
         let p = {
             let config = ConfigFile::parse("listen: 127.0.0.1:10000\na2a:\n  agents:\n    - { name: keyed, url: 'https://agent.example.com', headers: [{ name: Authorization, value_env: AGENT_TOKEN, prefix: 'Bearer ' }] }\n").unwrap();
-            A2aPolicy::compile(config.a2a.as_ref().unwrap(), None, &|v| {
+            A2aPolicy::compile(config.a2a.as_ref().unwrap(), &config, &|v| {
                 (v == "AGENT_TOKEN").then(|| "s3cret".to_string())
             })
         };

@@ -47,6 +47,8 @@ import httpx
 import uvicorn
 from google.protobuf.json_format import MessageToDict, ParseDict
 from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from a2a.helpers import new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -246,6 +248,41 @@ def build_card(args: argparse.Namespace) -> AgentCard:
     return parsed
 
 
+def v03_card(args: argparse.Namespace) -> dict[str, Any]:
+    """The card in the A2A 0.3 shape (url, preferredTransport, additionalInterfaces, security)."""
+    base = f"http://127.0.0.1:{args.port}"
+    return {
+        "protocolVersion": "0.3.0",
+        "name": args.name,
+        "description": "A 0.3-shaped card for Gantry's tests.",
+        "url": f"{base}/",
+        "preferredTransport": "JSONRPC",
+        "additionalInterfaces": [
+            {"url": f"{base}/", "transport": "JSONRPC"},
+            {"url": f"{base}/rest", "transport": "HTTP+JSON"},
+        ],
+        "version": "1.0.0",
+        "capabilities": {"streaming": True, "pushNotifications": True},
+        "defaultInputModes": ["text/plain"],
+        "defaultOutputModes": ["text/plain"],
+        "skills": [
+            {"id": "echo", "name": "Echo", "description": "Echoes text.", "tags": ["echo"]},
+            {"id": "admin", "name": "Admin", "description": "Privileged echo.", "tags": ["admin"]},
+        ],
+        "securitySchemes": {"agent-key": {"type": "apiKey", "in": "header", "name": "X-Agent-Key"}},
+        "security": [{"agent-key": []}],
+    }
+
+
+def v03_card_endpoint(args: argparse.Namespace) -> Any:
+    body = v03_card(args)
+
+    async def endpoint(request: Any) -> JSONResponse:
+        return JSONResponse(body)
+
+    return endpoint
+
+
 def build_app(args: argparse.Namespace) -> Starlette:
     card = build_card(args)
     log = PushLog(args.push_log)
@@ -258,7 +295,10 @@ def build_app(args: argparse.Namespace) -> Starlette:
         push_config_store=config_store,
         push_sender=sender,
     )
-    routes = [
+    routes = []
+    if args.card_v03:
+        routes.append(Route("/.well-known/agent-card.json", v03_card_endpoint(args), methods=["GET"]))
+    routes += [
         *create_agent_card_routes(card),
         *create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True),
         *create_rest_routes(handler, enable_v0_3_compat=True, path_prefix="/rest"),
@@ -293,6 +333,7 @@ def main() -> None:
     parser.add_argument("--name", default="echo-agent", help="the card's name")
     parser.add_argument("--signed", action="store_true", help="sign the card (HS256, kid gantry-test-agent)")
     parser.add_argument("--push-log", help="append push config writes and webhook deliveries here (JSON lines)")
+    parser.add_argument("--card-v03", action="store_true", help="serve the card in the A2A 0.3 shape")
     args = parser.parse_args()
     try:
         asyncio.run(serve(args))
