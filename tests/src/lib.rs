@@ -63,15 +63,25 @@ pub fn venv_python() -> PathBuf {
     path
 }
 
-/// `n` distinct free loopback ports (all held open until all are chosen).
+/// `n` distinct free loopback ports (all held open until all are chosen), never one this
+/// process handed out before: two calls in one test (a stack's ports, then another server's)
+/// could otherwise get the same port back, since the first call's listeners are closed by then.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut listeners = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        // Held open either way, so the kernel offers another port next.
+        listeners.push(listener);
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
