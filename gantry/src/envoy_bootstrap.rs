@@ -412,7 +412,11 @@ fn http_connection_manager(
         "normalize_path": true,
         "merge_slashes": true,
         "access_log": [access_log(config.a2a.is_some(), config.mcp_direct.is_some())],
-        "local_reply_config": local_reply_config(config.max_request_body_bytes(), mode),
+        "local_reply_config": local_reply_config(
+            config.max_request_body_bytes(),
+            mode,
+            config.a2a.is_some() || config.mcp_direct.is_some(),
+        ),
         "route_config": {
             "name": "gantry_routes",
             "virtual_hosts": [virtual_host],
@@ -629,7 +633,11 @@ fn access_log(a2a: bool, mcp_direct: bool) -> Value {
 /// Envoy's own local replies, rewritten as OpenAI error objects: a provider that cannot be
 /// reached, a body over the buffer limit (Envoy answers before ext_proc sees it), and ext_proc
 /// being unreachable (fail closed).
-fn local_reply_config(max_request_body_bytes: u64, mode: &FilterMode) -> Value {
+fn local_reply_config(
+    max_request_body_bytes: u64,
+    mode: &FilterMode,
+    json_rpc_routes: bool,
+) -> Value {
     let unprocessed = match mode {
         FilterMode::ExtProc => {
             "no provider was chosen for this request: gantry's policy service (ext_proc) did not process it"
@@ -657,7 +665,56 @@ fn local_reply_config(max_request_body_bytes: u64, mode: &FilterMode) -> Value {
             "content_type": "application/json",
         })
     };
-    json!({
+    // A2A agents' and direct MCP servers' clients speak JSON-RPC: Envoy's own replies on their
+    // routes are JSON-RPC errors (first match wins, so these come first).
+    let mut mappers = Vec::new();
+    if json_rpc_routes {
+        let on_json_rpc_route =
+            "(xds.route_name.startsWith('agent_') || xds.route_name.startsWith('mcp_direct_'))";
+        let json_rpc_body = |message: &str| {
+            json!({
+                "json_format": {
+                    "jsonrpc": "2.0",
+                    "id": null,
+                    "error": { "code": -32603, "message": message },
+                },
+                "content_type": "application/json",
+            })
+        };
+        let unreachable = json!({ "response_flag_filter": { "flags": ["UF", "UH", "UO", "URX", "UC", "UT", "UMSDR"] } });
+        for (condition, status, message) in [
+            (
+                unreachable,
+                None,
+                "the agent or MCP server behind this route could not be reached or did not answer in time (%RESPONSE_CODE_DETAILS%)",
+            ),
+            (
+                cel_filter("response.code == 413 && response.code_details != 'request_too_large'"),
+                None,
+                "the request body exceeds this gateway's limit",
+            ),
+            (
+                cel_filter("response.code_details.startsWith('ext_authz_error')"),
+                Some(503),
+                "gantry's authorization service (ext_authz) is unavailable, so the request was not forwarded",
+            ),
+            (
+                cel_filter("response.code_details.startsWith('ext_proc_error')"),
+                Some(503),
+                "gantry's policy service (ext_proc) is unavailable, so the request was not forwarded",
+            ),
+        ] {
+            let mut mapper = json!({
+                "filter": { "and_filter": { "filters": [cel_filter(on_json_rpc_route), condition] } },
+                "body_format_override": json_rpc_body(message),
+            });
+            if let Some(status) = status {
+                mapper["status_code"] = json!(status);
+            }
+            mappers.push(mapper);
+        }
+    }
+    let mut config = json!({
         "mappers": [
             {
                 "filter": cel_filter(&format!("xds.route_name == '{CATCH_ALL_ROUTE}' && response.code_details == 'no_healthy_upstream'")),
@@ -704,7 +761,11 @@ fn local_reply_config(max_request_body_bytes: u64, mode: &FilterMode) -> Value {
                 ),
             },
         ],
-    })
+    });
+    if let Some(list) = config["mappers"].as_array_mut() {
+        list.splice(0..0, mappers);
+    }
+    config
 }
 
 fn provider_route(name: &str, endpoint: &ProviderEndpoint, timeout_secs: u64) -> Value {

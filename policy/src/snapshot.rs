@@ -442,7 +442,7 @@ impl Snapshot {
             auth: config
                 .auth
                 .as_ref()
-                .map(|section| Arc::new(AuthPolicy::compile(section))),
+                .map(|section| Arc::new(AuthPolicy::compile(section).with_json_rpc_paths_of(config))),
             governance: config.governance.as_ref().and_then(|section| {
                 GovernancePolicy::compile(section)
                     .map(Arc::new)

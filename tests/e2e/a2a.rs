@@ -211,7 +211,12 @@ async fn the_sdk_client_reaches_an_agent_only_through_the_gateway() {
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), 401);
+    let (status, body) = json_of(anonymous).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["jsonrpc"], "2.0",
+        "A2A clients get JSON-RPC errors: {body}"
+    );
 
     // The access log names the agent and the method; /metrics counts them.
     stack.wait_for_access_log("a denied A2A call", |e| {
@@ -539,4 +544,51 @@ async fn a_v03_card_is_rewritten_in_its_own_shape_and_a_v03_client_works_through
     stack.wait_for_access_log("a 0.3 send", |e| {
         e["a2a_agent"] == "old" && e["a2a_method"] == "SendMessage" && e["status"] == 200
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_is_down_gets_a_json_rpc_error_and_the_others_keep_serving() {
+    let agent = tokio::task::spawn_blocking(|| start_a2a_agent(A2aAgentOptions::default()))
+        .await
+        .unwrap();
+    let dead = free_ports(1)[0];
+    let ports = StackPorts::free();
+    let yaml = format!(
+        "{head}a2a:\n  agents:\n    - {{ name: live, url: '{live}' }}\n    - {{ name: dead, url: 'http://127.0.0.1:{dead}' }}\n",
+        head = ports.config_head(),
+        live = agent.base_url(),
+    );
+    let stack = start_stack(ports, yaml, vec![]).await;
+    let send = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+        "params": {"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}]}}});
+    let post = |path: &'static str| {
+        let url = stack.url(path);
+        let body = send.to_string();
+        async move {
+            http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("a2a-version", "1.0")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let (status, body) = json_of(post("/a2a/dead/").await).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert_eq!(body["error"]["code"], -32603, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be reached")),
+        "{body}"
+    );
+    let (status, body) = json_of(post("/a2a/live/").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"]["task"]["status"]["state"], "TASK_STATE_COMPLETED",
+        "{body}"
+    );
 }

@@ -86,6 +86,9 @@ pub struct AuthPolicy {
     pub rules: RuleSet,
     /// Whether decisions read the requested model from the body.
     pub needs_model: bool,
+    /// Path prefixes whose clients speak JSON-RPC (the MCP bridge, `mcp_direct`, A2A): their
+    /// denials are JSON-RPC errors.
+    pub json_rpc_paths: Vec<String>,
 }
 
 /// The keys of each issuer, kept by the adapter. `issuer` indexes [`AuthPolicy::issuers`].
@@ -127,9 +130,14 @@ pub enum ClientProtocol {
 }
 
 impl ClientProtocol {
-    pub fn for_path(path: &str) -> ClientProtocol {
+    /// JSON-RPC on `prefixes` (each exactly, or followed by `/`), OpenAI elsewhere.
+    pub fn for_path(path: &str, prefixes: &[String]) -> ClientProtocol {
         let path = path.split(['?', '#']).next().unwrap_or(path);
-        if path == "/mcp" || path.starts_with("/mcp/") {
+        let under = |prefix: &String| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if prefixes.iter().any(under) {
             ClientProtocol::JsonRpc
         } else {
             ClientProtocol::OpenAi
@@ -252,12 +260,31 @@ impl AuthPolicy {
             issuers: section.jwt.iter().map(JwtIssuer::compile).collect(),
             rules: RuleSet::compile(&section.rules),
             needs_model: section.needs_request_body(),
+            json_rpc_paths: vec![crate::config::DEFAULT_MCP_PATH.to_string()],
         }
+    }
+
+    /// The JSON-RPC path prefixes of `config` (the MCP bridge's path, `mcp_direct.path`,
+    /// `a2a.path`).
+    pub fn with_json_rpc_paths_of(mut self, config: &crate::config::ConfigFile) -> AuthPolicy {
+        self.json_rpc_paths = [
+            config.mcp.as_ref().map(|m| m.path().to_string()),
+            config.mcp_direct.as_ref().map(|d| d.path().to_string()),
+            config.a2a.as_ref().map(|a| a.path().to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if self.json_rpc_paths.is_empty() {
+            self.json_rpc_paths
+                .push(crate::config::DEFAULT_MCP_PATH.to_string());
+        }
+        self
     }
 
     /// Decides on one request.
     pub async fn check(&self, request: &AuthRequest<'_>, jwks: &impl JwksSource) -> Decision {
-        let protocol = ClientProtocol::for_path(request.path);
+        let protocol = ClientProtocol::for_path(request.path, &self.json_rpc_paths);
         let deny = |status, code, message: String| {
             tracing::debug!(status, code, %message, path = request.path, "request denied");
             Decision::Deny(Denial::new(protocol, status, code, message))

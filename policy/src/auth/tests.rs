@@ -235,11 +235,39 @@ fn mcp_paths_get_json_rpc_errors() {
     assert_eq!(body["jsonrpc"], "2.0");
     assert_eq!(body["error"]["code"], -32001);
     assert_eq!(body["error"]["data"]["reason"], "missing_credentials");
+    let prefixes = ["/mcp".to_string(), "/a2a".to_string()];
     assert_eq!(
-        ClientProtocol::for_path("/mcp/github?x=1"),
+        ClientProtocol::for_path("/mcp/github?x=1", &prefixes),
         ClientProtocol::JsonRpc
     );
-    assert_eq!(ClientProtocol::for_path("/mcpx"), ClientProtocol::OpenAi);
+    assert_eq!(
+        ClientProtocol::for_path("/a2a/echo/", &prefixes),
+        ClientProtocol::JsonRpc
+    );
+    assert_eq!(
+        ClientProtocol::for_path("/mcpx", &prefixes),
+        ClientProtocol::OpenAi
+    );
+    assert_eq!(
+        ClientProtocol::for_path("/v1/chat/completions", &prefixes),
+        ClientProtocol::OpenAi
+    );
+}
+
+#[test]
+fn the_configured_json_rpc_paths_get_json_rpc_errors() {
+    let parsed = crate::config::ConfigFile::parse(&format!(
+        "listen: 127.0.0.1:10000\nproviders: [{{ name: p, kind: openai, endpoint: 'http://127.0.0.1:18080' }}]\nmodels: [{{ name: fast, provider: p, model: m }}]\nauth:\n{}a2a:\n  path: /agents\n  agents: [{{ name: echo, url: 'http://127.0.0.1:1' }}]\nmcp_direct:\n  servers: [{{ name: calc, url: 'http://127.0.0.1:2/mcp' }}]\n",
+        keys_section()
+    ))
+    .unwrap();
+    let policy = AuthPolicy::compile(parsed.auth.as_ref().unwrap()).with_json_rpc_paths_of(&parsed);
+    assert_eq!(policy.json_rpc_paths, ["/mcp-direct", "/agents"]);
+    for path in ["/agents/echo/", "/mcp-direct/calc"] {
+        let d = denial(check(&policy, "POST", path, &[], "{}", &no_keys()));
+        let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(body["jsonrpc"], "2.0", "{path}: {body}");
+    }
 }
 
 #[test]
