@@ -409,8 +409,7 @@ impl HttpStream {
                     self.snapshot.governance.is_some()
                         || self.snapshot.condition_uses().reads_caller()
                         || !self.snapshot.guards.webhook_guards().is_empty()
-                        || self.snapshot.a2a.is_some()
-                        || self.snapshot.mcp_direct.is_some(),
+                        || self.reads_protocol_path(&headers),
                 );
                 if let Some((response, exchange)) =
                     crate::mcp_direct::on_request_headers(&self.snapshot, &headers, &self.caller)
@@ -451,6 +450,21 @@ impl HttpStream {
             }
             None => ProcessingResponse::default(),
         }
+    }
+
+    /// Whether the request is under `a2a.path` or `mcp_direct.path`, whose rules read the
+    /// whole caller.
+    fn reads_protocol_path(&self, headers: &HttpHeaders) -> bool {
+        let path = header(headers.headers.as_ref(), ":path").unwrap_or("");
+        self.snapshot
+            .a2a
+            .as_ref()
+            .is_some_and(|p| path.starts_with(p.path.as_str()))
+            || self
+                .snapshot
+                .mcp_direct
+                .as_ref()
+                .is_some_and(|p| path.starts_with(p.path.as_str()))
     }
 
     fn on_request_headers(&mut self, headers: &HttpHeaders) -> ProcessingResponse {

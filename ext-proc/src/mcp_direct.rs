@@ -23,6 +23,7 @@ use gantry_policy::mcp::authz::McpCaller;
 use gantry_policy::mcp::direct::{
     AnswerStream, DefinitionBook, DirectCall, DirectHead, DirectMcpPolicy, DirectServer,
 };
+use gantry_policy::mcp::protocol::header as mcp_header;
 use gantry_policy::openai_api::{ROUTING_HEADER, TARGETS_HEADER};
 use gantry_policy::{GuardPolicy, LocalReply, Snapshot};
 
@@ -63,7 +64,19 @@ pub(crate) fn on_request_headers(
     let map = headers.headers.as_ref();
     let server = policy.route(header(map, ":path").unwrap_or(""))?.clone();
     let method = header(map, ":method").unwrap_or("");
-    let kept: HashMap<String, String> = crate::http_stream::all_headers(map).into_iter().collect();
+    // The 2026 routing headers are always checked against the body; the rest only for rules.
+    let kept: HashMap<String, String> = if policy.rules_read_headers() {
+        crate::http_stream::all_headers(map).into_iter().collect()
+    } else {
+        [
+            mcp_header::PROTOCOL_VERSION,
+            mcp_header::METHOD,
+            mcp_header::NAME,
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name.to_string(), header(map, name)?.to_string())))
+        .collect()
+    };
     let exchange = Box::new(McpExchange {
         policy: policy.clone(),
         snapshot: snapshot.clone(),

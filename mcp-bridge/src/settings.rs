@@ -111,30 +111,13 @@ impl BridgeSettings {
             .upstreams
             .iter()
             .map(|u| {
-                let mut unavailable = None;
-                let mut pairs = Vec::new();
-                for header in &u.headers {
-                    let value = match (&header.value, &header.value_env) {
-                        (Some(value), _) => Some(value.clone()),
-                        (None, Some(var)) => match env(&var.value) {
-                            Some(value) => Some(value),
-                            None => {
-                                unavailable.get_or_insert(format!(
-                                    "{} is not set (header {})",
-                                    var.value, header.name.value
-                                ));
-                                None
-                            }
-                        },
-                        (None, None) => None,
-                    };
-                    if let Some(value) = value {
-                        pairs.push((
-                            header.name.value.clone(),
-                            format!("{}{value}", header.prefix.as_deref().unwrap_or("")),
-                        ));
-                    }
-                }
+                let resolved = gantry_policy::config::resolve_upstream_headers(
+                    &u.headers,
+                    &format!("upstream '{}'", u.name.value),
+                    env,
+                );
+                let mut unavailable = resolved.unavailable;
+                let pairs = resolved.pairs;
                 let headers = match crate::upstream::http::header_map(&pairs) {
                     Ok(map) => map,
                     Err(e) => {
@@ -233,14 +216,7 @@ impl BridgeSettings {
                 })
                 .collect(),
             rules: McpRules::compile(&section.rules),
-            scan: ScanPolicy {
-                max_description_chars: section
-                    .definitions
-                    .scan
-                    .max_description_chars
-                    .unwrap_or(2048),
-                extra_phrases: section.definitions.scan.extra_phrases.clone(),
-            },
+            scan: section.definitions.scan.policy(),
             scan_action: section.definitions.scan.action,
             on_change: section.definitions.on_change,
             on_collision: if section.naming.mode == NamingMode::None {

@@ -962,6 +962,68 @@ fn check_name(name: &Spanned<String>, path: &str, issues: &mut Vec<ConfigIssue>)
     }
 }
 
+/// The fields every upstream entry has (an A2A agent, a direct MCP server).
+struct UpstreamEntry<'a> {
+    name: &'a Spanned<String>,
+    url: &'a Spanned<String>,
+    ca_file: Option<&'a Spanned<String>>,
+    timeout_secs: Option<u64>,
+    headers: &'a [UpstreamHeader],
+}
+
+/// Validates the upstream entries listed at `list` (e.g. `a2a.agents`, each a `noun`): at
+/// least one, valid and unique names, URLs, `ca_file` only for https, `timeout_secs` at least
+/// 1, and their headers.
+fn check_upstream_entries<'a>(
+    list: &str,
+    noun: &str,
+    entries: impl Iterator<Item = UpstreamEntry<'a>>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, entry) in entries.enumerate() {
+        let path = format!("{list}[{i}]");
+        check_name(entry.name, &format!("{path}.name"), issues);
+        if let Some(first) = names.insert(entry.name.value.as_str(), i) {
+            issues.push(issue(
+                &format!("{path}.name"),
+                entry.name.referenced.line(),
+                format!(
+                    "duplicate {noun} name '{}' (first declared at {list}[{first}])",
+                    entry.name.value
+                ),
+            ));
+        }
+        match ProviderEndpoint::parse(&entry.url.value) {
+            Err(e) => issues.push(issue(
+                &format!("{path}.url"),
+                entry.url.referenced.line(),
+                e.to_string(),
+            )),
+            Ok(endpoint) => {
+                if let Some(ca_file) = entry.ca_file.filter(|_| !endpoint.tls) {
+                    issues.push(issue(
+                        &format!("{path}.ca_file"),
+                        ca_file.referenced.line(),
+                        format!("applies only to https:// {noun}s"),
+                    ));
+                }
+            }
+        }
+        if entry.timeout_secs == Some(0) {
+            issues.push(issue(
+                &format!("{path}.timeout_secs"),
+                0,
+                "must be at least 1".into(),
+            ));
+        }
+        check_upstream_headers(&path, entry.headers, issues);
+    }
+    if names.is_empty() {
+        issues.push(issue(list, 0, format!("declare at least one {noun}")));
+    }
+}
+
 /// Validates headers Gantry sets on an upstream (agent or MCP server) at `path`: exactly one of
 /// `value` and `value_env`, a variable name, and a header name Gantry may set.
 fn check_upstream_headers(path: &str, headers: &[UpstreamHeader], issues: &mut Vec<ConfigIssue>) {

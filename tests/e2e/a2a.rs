@@ -11,7 +11,7 @@ use gantry_testkit::a2a_peers::{a2a_client, start_a2a_agent, A2aAgent, A2aAgentO
 use gantry_testkit::{free_ports, GantryStack, StackPorts};
 use serde_json::Value;
 
-use crate::{http, json_of, start_stack};
+use crate::{http, json_of, scrape_metrics, start_stack};
 
 const OPS_KEY: &str = "gk_test_ops_0123456789abcdef";
 const DEV_KEY: &str = "gk_test_dev_0123456789abcdef";
@@ -228,14 +228,7 @@ async fn the_sdk_client_reaches_an_agent_only_through_the_gateway() {
     stack.wait_for_access_log("a served A2A stream", |e| {
         e["a2a_agent"] == "echo" && e["a2a_method"] == "SendStreamingMessage" && e["status"] == 200
     });
-    let text = http()
-        .get(format!("http://127.0.0.1:{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape_metrics(metrics).await;
     for series in [
         "gantry_a2a_requests_total{agent=\"echo\",method=\"SendMessage\",outcome=\"ok\"}",
         "gantry_a2a_requests_total{agent=\"echo\",method=\"SendMessage\",outcome=\"denied\"}",
@@ -255,6 +248,12 @@ async fn webhooks_on_private_addresses_never_reach_the_agent() {
         .unwrap();
     let (stack, _) = stack(&[("echo", &agent)], "").await;
     let base = stack.url("/a2a/echo");
+    // A host name is resolved by the gateway: this machine's own name stands for a loopback
+    // or private address (or does not resolve), so it is refused either way.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost.invalid".into());
+    let by_name = format!("push:http://{hostname}:8080/hook");
     let steps = run_client(
         base,
         OPS_KEY,
@@ -267,6 +266,7 @@ async fn webhooks_on_private_addresses_never_reach_the_agent() {
             "v03-push:http://192.168.1.10/hook",
             "push:https://93.184.216.34/hook",
             "v03-sdk-send:sdk 0.3 transport",
+            &by_name,
         ],
     )
     .await;
@@ -298,6 +298,14 @@ async fn webhooks_on_private_addresses_never_reach_the_agent() {
     assert_eq!(
         sdk_03["artifacts"][0], "echo: sdk 0.3 transport",
         "{sdk_03}"
+    );
+    let named = &steps[8]["error"];
+    assert_eq!(named["code"], -32602, "{}", steps[8]);
+    let message = named["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&hostname)
+            && (message.contains("resolves to") || message.contains("could not be resolved")),
+        "{message}"
     );
     // The agent saw only the allowed one.
     let configured = agent.push_config_urls();
@@ -590,5 +598,19 @@ async fn an_agent_that_is_down_gets_a_json_rpc_error_and_the_others_keep_serving
     assert_eq!(
         body["result"]["task"]["status"]["state"], "TASK_STATE_COMPLETED",
         "{body}"
+    );
+    // The registry lists both: the live agent with its card, the dead one saying why not.
+    let (status, registry) = json_of(http().get(stack.url("/a2a")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{registry}");
+    let agents = registry["agents"].as_array().expect("agents");
+    assert_eq!(agents[0]["name"], "live", "{registry}");
+    assert!(agents[0]["card"].is_object(), "{registry}");
+    assert_eq!(agents[1]["name"], "dead", "{registry}");
+    assert!(agents[1].get("card").is_none(), "{registry}");
+    assert!(
+        agents[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be fetched")),
+        "{registry}"
     );
 }

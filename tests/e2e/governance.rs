@@ -13,7 +13,9 @@ use gantry_testkit::{
 };
 use serde_json::{json, Value};
 
-use crate::{assert_openai_error, gantry_bin, http, json_of, start_mock, start_stack};
+use crate::{
+    assert_openai_error, gantry_bin, http, json_of, scrape_metrics, start_mock, start_stack,
+};
 
 const TEAM_KEY: &str = "gk_budget_team_key";
 
@@ -622,7 +624,7 @@ async fn store_down_follows_the_failure_mode() {
     assert_eq!(mock.recorded().len(), 1);
 
     // Both say so on /metrics.
-    let closed_metrics = scrape(metrics[0]).await;
+    let closed_metrics = scrape_metrics(metrics[0]).await;
     assert!(
         closed_metrics.contains(
             "gantry_store_unavailable_requests_total{store=\"redis\",action=\"refused\"} 1\n"
@@ -636,7 +638,7 @@ async fn store_down_follows_the_failure_mode() {
         ) >= 1,
         "{closed_metrics}"
     );
-    let open_metrics = scrape(metrics[1]).await;
+    let open_metrics = scrape_metrics(metrics[1]).await;
     assert!(
         open_metrics.contains(
             "gantry_store_unavailable_requests_total{store=\"redis\",action=\"passed\"} 1\n"
@@ -711,16 +713,6 @@ async fn a_minute_window_resets_on_the_calendar_boundary() {
         .parse()
         .unwrap();
     assert_eq!(remaining, 25 - 19, "a fresh window");
-}
-
-async fn scrape(port: u16) -> String {
-    let response = http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("metrics endpoint answers");
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
 }
 
 fn metric_value(text: &str, series: &str) -> u64 {
@@ -801,7 +793,7 @@ async fn audit_budgets_count_overruns_but_never_refuse() {
         assert_eq!(response.status(), 200, "audit budgets never refuse");
         assert_eq!(header(&response, "x-gantry-budget"), Some("watch"));
     }
-    let text = scrape(metrics).await;
+    let text = scrape_metrics(metrics).await;
     assert!(
         text.contains("gantry_budget_audit_overruns_total{store=\"embedded\"} 2\n"),
         "{text}"

@@ -196,6 +196,17 @@ pub async fn post(url: &str, body: &str) -> reqwest::Response {
         .expect("request reaches the gateway")
 }
 
+/// Gantry's `/metrics` text on `port` (asserting it answers 200).
+pub async fn scrape_metrics(port: u16) -> String {
+    let response = http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics endpoint answers");
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// Status and parsed JSON body.
 pub async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();

@@ -545,14 +545,7 @@ async fn poisoned_tools_are_withheld_and_a_rug_pull_is_caught() {
     );
     assert!(stack.process.logs().contains("changed since it was pinned"));
     // Every verdict is counted.
-    let metrics = http()
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::scrape_metrics(metrics_port).await;
     for series in [
         "gantry_mcp_definition_verdicts_total{defence=\"scan\",outcome=\"blocked\"}",
         "gantry_mcp_definition_verdicts_total{defence=\"drift\",outcome=\"blocked\"}",

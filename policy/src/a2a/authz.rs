@@ -13,33 +13,20 @@
 //! A matching `deny` wins; otherwise a matching `allow` admits; with rules present and none
 //! matching, the call is denied. A condition that fails to evaluate does not match.
 
-use std::collections::HashMap;
-
-use cel::objects::{Key, Map as CelMap};
-use cel::{Context, Program, Value as CelValue};
+use cel::Program;
 
 use super::protocol::CallFacts;
-use crate::auth::rules::{env, evaluate_rules, Rule, RuleVerdict};
+use crate::auth::rules::RuleVerdict;
 use crate::config::{ConfigIssue, RuleSection};
 use crate::governance::scope::compile_with_variables;
-use crate::mcp::authz::{cel_map, principal_value, McpCaller};
+use crate::mcp::authz::{cel_map, CallerRules, McpCaller};
 
 /// Variables A2A rules may read.
 pub const VARIABLES: &[&str] = &["principal", "a2a", "request"];
 
 /// The compiled `a2a.rules`.
-#[derive(Default)]
-pub struct A2aRules {
-    rules: Vec<Rule>,
-    uses_request: bool,
-}
-
-impl std::fmt::Debug for A2aRules {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-        write!(f, "A2aRules({names:?})")
-    }
-}
+#[derive(Default, Debug)]
+pub struct A2aRules(CallerRules);
 
 fn compile_rule(source: &str) -> Result<Program, String> {
     compile_with_variables(source, VARIABLES)
@@ -61,62 +48,40 @@ pub struct A2aQuestion<'a> {
 
 impl A2aRules {
     pub fn compile(sections: &[RuleSection]) -> A2aRules {
-        let mut set = A2aRules::default();
-        for section in sections {
-            let Ok(program) = compile_rule(&section.when.value) else {
-                continue; // unreachable on a validated config
-            };
-            set.uses_request |= program.references().has_variable("request");
-            set.rules.push(Rule {
-                name: section.name.value.clone(),
-                action: section.action,
-                program,
-            });
-        }
-        set
+        A2aRules(CallerRules::compile(sections, compile_rule))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.0.is_empty()
     }
 
     /// Whether a rule reads `request.headers` (the adapter then keeps them).
     pub fn uses_request(&self) -> bool {
-        self.uses_request
+        self.0.uses_request()
     }
 
     pub fn evaluate(&self, question: &A2aQuestion<'_>) -> RuleVerdict {
-        if self.rules.is_empty() {
-            return RuleVerdict::NoRules;
-        }
         let facts = question.facts;
-        let mut context = Context::with_env(env().clone());
-        context.add_variable_from_value("principal", principal_value(question.caller));
-        context.add_variable_from_value(
+        self.0.evaluate(
+            question.caller,
             "a2a",
-            cel_map([
-                ("agent", question.agent.into()),
-                ("method", facts.method.as_str().into()),
-                ("binding", facts.binding.as_str().into()),
-                ("version", facts.version.as_str().into()),
-                ("skill", facts.skill.as_str().into()),
-                ("task", facts.task.as_str().into()),
-                ("context", facts.context.as_str().into()),
-                ("tenant", facts.tenant.as_str().into()),
-            ]),
-        );
-        if self.uses_request {
-            let headers: HashMap<Key, CelValue> = question
+            || {
+                cel_map([
+                    ("agent", question.agent.into()),
+                    ("method", facts.method.as_str().into()),
+                    ("binding", facts.binding.as_str().into()),
+                    ("version", facts.version.as_str().into()),
+                    ("skill", facts.skill.as_str().into()),
+                    ("task", facts.task.as_str().into()),
+                    ("context", facts.context.as_str().into()),
+                    ("tenant", facts.tenant.as_str().into()),
+                ])
+            },
+            question
                 .headers
                 .iter()
-                .map(|(k, v)| (Key::from(k.as_str()), CelValue::from(v.as_str())))
-                .collect();
-            context.add_variable_from_value(
-                "request",
-                cel_map([("headers", CelValue::Map(CelMap::from(headers)))]),
-            );
-        }
-        evaluate_rules(&self.rules, &context)
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 }
 

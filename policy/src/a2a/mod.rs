@@ -179,37 +179,18 @@ impl A2aPolicy {
             .iter()
             .filter_map(|a| {
                 let endpoint = a.endpoint().ok()?;
-                let mut unavailable = None;
-                let mut headers = Vec::new();
-                for header in &a.headers {
-                    let value = match (&header.value, &header.value_env) {
-                        (Some(value), _) => Some(value.clone()),
-                        (None, Some(var)) => {
-                            let value = env(&var.value).filter(|v| !v.is_empty());
-                            if value.is_none() {
-                                unavailable.get_or_insert(format!(
-                                    "{} is not set (header {} of agent '{}')",
-                                    var.value, header.name.value, a.name.value
-                                ));
-                            }
-                            value
-                        }
-                        (None, None) => None,
-                    };
-                    if let Some(value) = value {
-                        headers.push((
-                            header.name.value.to_ascii_lowercase(),
-                            format!("{}{value}", header.prefix.as_deref().unwrap_or("")),
-                        ));
-                    }
-                }
+                let resolved = crate::config::resolve_upstream_headers(
+                    &a.headers,
+                    &format!("agent '{}'", a.name.value),
+                    env,
+                );
                 Some(Arc::new(Agent {
                     name: a.name.value.clone(),
                     prefix: format!("{path}/{}", a.name.value),
                     endpoint,
                     card_path: a.card_path().to_string(),
-                    headers,
-                    unavailable,
+                    headers: resolved.pairs,
+                    unavailable: resolved.unavailable,
                     timeout_secs: a.timeout_secs(),
                 }))
             })
@@ -601,20 +582,17 @@ impl A2aPolicy {
         caller: &McpCaller,
         headers: &[(String, String)],
     ) -> Result<(Vec<u8>, CardChanges), LocalReply> {
-        let mut card = self.rewrite_card_value(agent, body, public_base, caller, headers);
-        match &mut card {
-            Ok((card, changes)) => {
-                let bytes = serde_json::to_vec(card).unwrap_or_default();
-                Ok((bytes, std::mem::take(changes)))
-            }
-            Err(e) => Err(protocol::rest_error(
-                502,
-                "UNAVAILABLE",
-                "AGENT_CARD_REFUSED",
-                &format!("agent '{}': {e}", agent.name),
-                "a2a_card_refused",
-            )),
-        }
+        self.rewrite_card_value(agent, body, public_base, caller, headers)
+            .map(|(card, changes)| (serde_json::to_vec(&card).unwrap_or_default(), changes))
+            .map_err(|e| {
+                protocol::rest_error(
+                    502,
+                    "UNAVAILABLE",
+                    "AGENT_CARD_REFUSED",
+                    &format!("agent '{}': {e}", agent.name),
+                    "a2a_card_refused",
+                )
+            })
     }
 
     /// Rewrites the card inside a JSON-RPC `GetExtendedAgentCard` answer (its `result`);

@@ -1,12 +1,10 @@
 //! The `a2a` section of the config: the A2A agents Envoy fronts, how their cards are rewritten,
 //! who may call which method and skill, and which push-notification webhooks are allowed.
 
-use std::collections::HashMap;
-
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{check_name, issue, ConfigIssue, RuleSection};
+use super::{issue, ConfigIssue, RuleSection};
 use crate::endpoint::ProviderEndpoint;
 
 /// The public path under which agents are served unless configured: `/a2a/<agent>/…`.
@@ -176,39 +174,20 @@ impl A2aSection {
             }
         }
         crate::a2a::authz::validate_rules(&self.rules, issues);
-        if self.agents.is_empty() {
-            issues.push(issue("a2a.agents", 0, "declare at least one agent".into()));
-        }
-        let mut names: HashMap<&str, usize> = HashMap::new();
+        super::check_upstream_entries(
+            "a2a.agents",
+            "agent",
+            self.agents.iter().map(|a| super::UpstreamEntry {
+                name: &a.name,
+                url: &a.url,
+                ca_file: a.ca_file.as_ref(),
+                timeout_secs: a.timeout_secs,
+                headers: &a.headers,
+            }),
+            issues,
+        );
         for (i, agent) in self.agents.iter().enumerate() {
             let path = format!("a2a.agents[{i}]");
-            check_name(&agent.name, &format!("{path}.name"), issues);
-            if let Some(first) = names.insert(agent.name.value.as_str(), i) {
-                issues.push(issue(
-                    &format!("{path}.name"),
-                    agent.name.referenced.line(),
-                    format!(
-                        "duplicate agent name '{}' (first declared at a2a.agents[{first}])",
-                        agent.name.value
-                    ),
-                ));
-            }
-            match ProviderEndpoint::parse(&agent.url.value) {
-                Err(e) => issues.push(issue(
-                    &format!("{path}.url"),
-                    agent.url.referenced.line(),
-                    e.to_string(),
-                )),
-                Ok(endpoint) => {
-                    if agent.ca_file.is_some() && !endpoint.tls {
-                        issues.push(issue(
-                            &format!("{path}.ca_file"),
-                            agent.ca_file.as_ref().map_or(0, |c| c.referenced.line()),
-                            "applies only to https:// agents".into(),
-                        ));
-                    }
-                }
-            }
             if let Some(card_path) = &agent.card_path {
                 if !card_path.value.starts_with('/') || card_path.value.contains(['?', '#']) {
                     issues.push(issue(
@@ -218,14 +197,6 @@ impl A2aSection {
                     ));
                 }
             }
-            if agent.timeout_secs == Some(0) {
-                issues.push(issue(
-                    &format!("{path}.timeout_secs"),
-                    0,
-                    "must be at least 1".into(),
-                ));
-            }
-            super::check_upstream_headers(&path, &agent.headers, issues);
         }
     }
 }

@@ -226,6 +226,58 @@ pub struct UpstreamHeader {
     pub prefix: Option<String>,
 }
 
+/// Upstream headers with their values resolved, and why the upstream cannot be used when a
+/// variable is unset or empty.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ResolvedHeaders {
+    /// Lower-case names and values (secrets: never log them).
+    pub pairs: Vec<(String, String)>,
+    pub unavailable: Option<String>,
+}
+
+impl std::fmt::Debug for ResolvedHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.pairs.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ResolvedHeaders")
+            .field("names", &names)
+            .field("unavailable", &self.unavailable)
+            .finish()
+    }
+}
+
+/// Resolves `headers` of `owner` (e.g. `agent 'echo'`): `value` as written, `value_env` read
+/// through `env`, each after its `prefix`.
+pub fn resolve_upstream_headers(
+    headers: &[UpstreamHeader],
+    owner: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> ResolvedHeaders {
+    let mut resolved = ResolvedHeaders::default();
+    for header in headers {
+        let value = match (&header.value, &header.value_env) {
+            (Some(value), _) => Some(value.clone()),
+            (None, Some(var)) => {
+                let value = env(&var.value).filter(|v| !v.is_empty());
+                if value.is_none() {
+                    resolved.unavailable.get_or_insert(format!(
+                        "{} is not set (header {} of {owner})",
+                        var.value, header.name.value
+                    ));
+                }
+                value
+            }
+            (None, None) => None,
+        };
+        if let Some(value) = value {
+            resolved.pairs.push((
+                header.name.value.to_ascii_lowercase(),
+                format!("{}{value}", header.prefix.as_deref().unwrap_or("")),
+            ));
+        }
+    }
+    resolved
+}
+
 /// Which of an upstream's items are offered, and under what name.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +359,19 @@ pub struct ScanSection {
     /// More phrases that mark hidden instructions (case-insensitive).
     #[serde(default)]
     pub extra_phrases: Vec<String>,
+}
+
+impl ScanSection {
+    /// The scanner's settings.
+    pub fn policy(&self) -> crate::mcp::scan::ScanPolicy {
+        let defaults = crate::mcp::scan::ScanPolicy::default();
+        crate::mcp::scan::ScanPolicy {
+            max_description_chars: self
+                .max_description_chars
+                .unwrap_or(defaults.max_description_chars),
+            extra_phrases: self.extra_phrases.clone(),
+        }
+    }
 }
 
 /// What a finding does.

@@ -2,15 +2,12 @@
 //! applied inline by ext_proc: tool-level rules, curation, the malicious-definition checks on
 //! `tools/list` answers, and the request guards over tool-call arguments and results.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{
-    check_name, issue, ConfigIssue, CurationSection, DefinitionsSection, RuleSection,
-    UpstreamHeader,
-};
+use super::{issue, ConfigIssue, CurationSection, DefinitionsSection, RuleSection, UpstreamHeader};
 use crate::endpoint::ProviderEndpoint;
 
 /// The public path prefix unless configured: server `x` is at `/mcp-direct/x`.
@@ -99,47 +96,20 @@ impl McpDirectSection {
             ));
         }
         crate::mcp::authz::validate_rules_at("mcp_direct.rules", &self.rules, issues);
-        if self.servers.is_empty() {
-            issues.push(issue(
-                "mcp_direct.servers",
-                0,
-                "declare at least one server".into(),
-            ));
-        }
-        let mut names: HashMap<&str, usize> = HashMap::new();
+        super::check_upstream_entries(
+            "mcp_direct.servers",
+            "server",
+            self.servers.iter().map(|s| super::UpstreamEntry {
+                name: &s.name,
+                url: &s.url,
+                ca_file: s.ca_file.as_ref(),
+                timeout_secs: s.timeout_secs,
+                headers: &s.headers,
+            }),
+            issues,
+        );
         for (i, server) in self.servers.iter().enumerate() {
             let path = format!("mcp_direct.servers[{i}]");
-            check_name(&server.name, &format!("{path}.name"), issues);
-            if let Some(first) = names.insert(server.name.value.as_str(), i) {
-                issues.push(issue(
-                    &format!("{path}.name"),
-                    server.name.referenced.line(),
-                    format!(
-                        "duplicate server name '{}' (first declared at mcp_direct.servers[{first}])",
-                        server.name.value
-                    ),
-                ));
-            }
-            match ProviderEndpoint::parse(&server.url.value) {
-                Err(e) => issues.push(issue(
-                    &format!("{path}.url"),
-                    server.url.referenced.line(),
-                    e.to_string(),
-                )),
-                Ok(endpoint) if server.ca_file.is_some() && !endpoint.tls => issues.push(issue(
-                    &format!("{path}.ca_file"),
-                    server.ca_file.as_ref().map_or(0, |c| c.referenced.line()),
-                    "applies only to https:// servers".into(),
-                )),
-                Ok(_) => {}
-            }
-            if server.timeout_secs == Some(0) {
-                issues.push(issue(
-                    &format!("{path}.timeout_secs"),
-                    0,
-                    "must be at least 1".into(),
-                ));
-            }
             if !server.tools.rename.is_empty() || !server.tools.descriptions.is_empty() {
                 issues.push(issue(
                     &format!("{path}.tools"),
@@ -163,7 +133,6 @@ impl McpDirectSection {
                     ));
                 }
             }
-            super::check_upstream_headers(&path, &server.headers, issues);
         }
     }
 }

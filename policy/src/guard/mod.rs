@@ -732,6 +732,11 @@ impl GuardPolicy {
     }
 
     /// Whether requests need [`GuardPolicy::check_request`] at all.
+    /// Whether some built-in request guard scans texts in `scope` (and the guards can run).
+    pub fn scans(&self, scope: GuardScope) -> bool {
+        self.unavailable.is_some() || self.scopes.contains(scope)
+    }
+
     pub fn has_request_guards(&self) -> bool {
         !self.request.is_empty() || self.unavailable.is_some()
     }

@@ -87,19 +87,82 @@ pub struct McpFacts<'a> {
     pub headers: &'a HashMap<String, String>,
 }
 
-/// The compiled `mcp.rules`.
+/// Named CEL rules over `principal`, one protocol's variable (`mcp`, `a2a`) and `request`,
+/// compiled once: what MCP and A2A rules share.
 #[derive(Default)]
-pub struct McpRules {
+pub(crate) struct CallerRules {
     rules: Vec<Rule>,
     uses_request: bool,
 }
 
-impl std::fmt::Debug for McpRules {
+impl std::fmt::Debug for CallerRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-        write!(f, "McpRules({names:?})")
+        write!(f, "{names:?}")
     }
 }
+
+impl CallerRules {
+    /// Compiles validated `sections` with `compile` (the protocol's variables).
+    pub(crate) fn compile(
+        sections: &[RuleSection],
+        compile: fn(&str) -> Result<Program, String>,
+    ) -> CallerRules {
+        let mut set = CallerRules::default();
+        for section in sections {
+            let Ok(program) = compile(&section.when.value) else {
+                continue; // unreachable on a validated config
+            };
+            set.uses_request |= program.references().has_variable("request");
+            set.rules.push(Rule {
+                name: section.name.value.clone(),
+                action: section.action,
+                program,
+            });
+        }
+        set
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether a rule reads `request.headers`.
+    pub(crate) fn uses_request(&self) -> bool {
+        self.uses_request
+    }
+
+    /// Evaluates the rules; `call` builds the protocol variable (`name`) only when there are
+    /// rules, `headers` are read only when a rule uses them.
+    pub(crate) fn evaluate<'h>(
+        &self,
+        caller: &McpCaller,
+        name: &str,
+        call: impl FnOnce() -> CelValue,
+        headers: impl Iterator<Item = (&'h str, &'h str)>,
+    ) -> RuleVerdict {
+        if self.rules.is_empty() {
+            return RuleVerdict::NoRules;
+        }
+        let mut context = Context::with_env(env().clone());
+        context.add_variable_from_value("principal", principal_value(caller));
+        context.add_variable_from_value(name, call());
+        if self.uses_request {
+            let headers: HashMap<Key, CelValue> = headers
+                .map(|(k, v)| (Key::from(k), CelValue::from(v)))
+                .collect();
+            context.add_variable_from_value(
+                "request",
+                cel_map([("headers", CelValue::Map(CelMap::from(headers)))]),
+            );
+        }
+        evaluate_rules(&self.rules, &context)
+    }
+}
+
+/// The compiled `mcp.rules`.
+#[derive(Default, Debug)]
+pub struct McpRules(CallerRules);
 
 /// Compiles one rule condition against the MCP variables.
 pub fn compile_rule(source: &str) -> Result<Program, String> {
@@ -149,44 +212,25 @@ pub(crate) fn validate_rule_list(
 
 impl McpRules {
     pub fn compile(sections: &[RuleSection]) -> McpRules {
-        let mut set = McpRules::default();
-        for section in sections {
-            let Ok(program) = compile_rule(&section.when.value) else {
-                continue; // unreachable on a validated config
-            };
-            set.uses_request |= program.references().has_variable("request");
-            set.rules.push(Rule {
-                name: section.name.value.clone(),
-                action: section.action,
-                program,
-            });
-        }
-        set
+        McpRules(CallerRules::compile(sections, compile_rule))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.0.is_empty()
+    }
+
+    /// Whether a rule reads `request.headers` (adapters then keep them).
+    pub fn uses_request(&self) -> bool {
+        self.0.uses_request()
     }
 
     pub fn evaluate(&self, facts: &McpFacts<'_>) -> RuleVerdict {
-        if self.rules.is_empty() {
-            return RuleVerdict::NoRules;
-        }
-        let mut context = Context::with_env(env().clone());
-        context.add_variable_from_value("principal", principal_value(facts.caller));
-        context.add_variable_from_value("mcp", mcp(facts));
-        if self.uses_request {
-            let headers: HashMap<Key, CelValue> = facts
-                .headers
-                .iter()
-                .map(|(k, v)| (Key::from(k.as_str()), CelValue::from(v.as_str())))
-                .collect();
-            context.add_variable_from_value(
-                "request",
-                cel_map([("headers", CelValue::Map(CelMap::from(headers)))]),
-            );
-        }
-        evaluate_rules(&self.rules, &context)
+        self.0.evaluate(
+            facts.caller,
+            "mcp",
+            || mcp(facts),
+            facts.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// Whether the verdict lets the item through.

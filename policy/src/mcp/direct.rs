@@ -106,7 +106,7 @@ impl DirectCall {
             && (self.method == "tools/list"
                 || (self.method == "tools/call"
                     && policy.guard_tool_calls
-                    && guards.has_request_guards()))
+                    && guards.scans(GuardScope::ToolResults)))
     }
 }
 
@@ -169,36 +169,17 @@ impl DirectMcpPolicy {
             .iter()
             .filter_map(|s| {
                 let endpoint = s.endpoint().ok()?;
-                let mut unavailable = None;
-                let mut headers = Vec::new();
-                for header in &s.headers {
-                    let value = match (&header.value, &header.value_env) {
-                        (Some(v), _) => Some(v.clone()),
-                        (None, Some(var)) => {
-                            let value = env(&var.value).filter(|v| !v.is_empty());
-                            if value.is_none() {
-                                unavailable.get_or_insert(format!(
-                                    "{} is not set (header {} of MCP server '{}')",
-                                    var.value, header.name.value, s.name.value
-                                ));
-                            }
-                            value
-                        }
-                        (None, None) => None,
-                    };
-                    if let Some(value) = value {
-                        headers.push((
-                            header.name.value.to_ascii_lowercase(),
-                            format!("{}{value}", header.prefix.as_deref().unwrap_or("")),
-                        ));
-                    }
-                }
+                let resolved = crate::config::resolve_upstream_headers(
+                    &s.headers,
+                    &format!("MCP server '{}'", s.name.value),
+                    env,
+                );
                 Some(Arc::new(DirectServer {
                     public_path: format!("{path}/{}", s.name.value),
                     name: s.name.value.clone(),
                     endpoint,
-                    headers,
-                    unavailable,
+                    headers: resolved.pairs,
+                    unavailable: resolved.unavailable,
                     timeout_secs: s.timeout_secs(),
                     tools: Curation::compile(&s.tools),
                     pins: s
@@ -211,20 +192,18 @@ impl DirectMcpPolicy {
             .collect();
         DirectMcpPolicy {
             rules: McpRules::compile(&section.rules),
-            scan: ScanPolicy {
-                max_description_chars: section
-                    .definitions
-                    .scan
-                    .max_description_chars
-                    .unwrap_or(2048),
-                extra_phrases: section.definitions.scan.extra_phrases.clone(),
-            },
+            scan: section.definitions.scan.policy(),
             scan_action: section.definitions.scan.action,
             on_change: section.definitions.on_change,
             guard_tool_calls: section.guard_tool_calls,
             servers,
             path,
         }
+    }
+
+    /// Whether rules read `request.headers` (else the adapter keeps only the MCP headers).
+    pub fn rules_read_headers(&self) -> bool {
+        self.rules.uses_request()
     }
 
     /// The server whose public endpoint `path` is (query ignored).
@@ -410,7 +389,7 @@ impl DirectMcpPolicy {
                 if let Some(message) = denied(verdict, &format!("calling tool '{name}'")) {
                     return refuse(message);
                 }
-                if self.guard_tool_calls {
+                if self.guard_tool_calls && guards.scans(GuardScope::ToolCallArguments) {
                     if let Some(arguments) = arguments {
                         match guard_strings(
                             guards,
@@ -597,10 +576,7 @@ impl DirectMcpPolicy {
             }
             TextsVerdict::Reject { hits } => {
                 let tool = call.tool.as_deref().unwrap_or("");
-                let why = hits.last().map_or_else(
-                    || "refused: the gateway's guards are unavailable".to_string(),
-                    describe_rejection,
-                );
+                let why = refusal_reason(&hits);
                 tracing::info!(server = %server.name, %tool, %why, "MCP tool result refused");
                 Err(error_response(
                     call.id.as_ref(),
@@ -689,6 +665,14 @@ enum Judgement {
     Withhold(String),
 }
 
+/// Why the guards refused ("blocked by guard '…': … in …"), never the text.
+fn refusal_reason(hits: &[crate::guard::GuardHit]) -> String {
+    hits.last().map_or_else(
+        || "refused: the gateway's guards are unavailable".to_string(),
+        describe_rejection,
+    )
+}
+
 enum GuardOutcome {
     Clean,
     Masked(Map<String, Value>),
@@ -696,7 +680,8 @@ enum GuardOutcome {
     Rejected(String),
 }
 
-/// Runs the guards over every string inside `object` (depth first), writing masks back.
+/// Runs the guards over every string inside `object` (depth first); a mask gives the object
+/// with the masked strings written back (the only case that copies it).
 fn guard_strings(
     guards: &GuardPolicy,
     scope: GuardScope,
@@ -723,26 +708,20 @@ fn guard_strings(
             _ => {}
         }
     }
-    let root = Value::Object(object.clone());
     let mut texts = Vec::new();
-    collect(&root, &mut texts);
+    object.values().for_each(|v| collect(v, &mut texts));
     if texts.is_empty() {
         return GuardOutcome::Clean;
     }
     match guards.check_texts(scope, field, &mut texts) {
         TextsVerdict::Forward { masked: false, .. } => GuardOutcome::Clean,
         TextsVerdict::Forward { masked: true, .. } => {
-            let mut root = root;
-            write_back(&mut root, &mut texts.into_iter());
-            match root {
-                Value::Object(map) => GuardOutcome::Masked(map),
-                _ => GuardOutcome::Clean,
-            }
+            let mut masked = object.clone();
+            let mut texts = texts.into_iter();
+            masked.values_mut().for_each(|v| write_back(v, &mut texts));
+            GuardOutcome::Masked(masked)
         }
-        TextsVerdict::Reject { hits } => GuardOutcome::Rejected(hits.last().map_or_else(
-            || "refused: the gateway's guards are unavailable".to_string(),
-            describe_rejection,
-        )),
+        TextsVerdict::Reject { hits } => GuardOutcome::Rejected(refusal_reason(&hits)),
     }
 }
 
@@ -808,6 +787,8 @@ mod tests {
         .unwrap();
         assert_eq!(ok.tool.as_deref(), Some("read"));
         assert!(ok.reads_answer(&policy, &guards));
+        // Without a guard over tool results, a call's answer is not read at all.
+        assert!(!ok.reads_answer(&policy, &GuardPolicy::default()));
         let denied = call(&policy, &guards, &book, &[], tool_call("rm", json!({}))).unwrap_err();
         assert_eq!(body_of(&denied)["error"]["code"], FORBIDDEN);
         let hidden =
