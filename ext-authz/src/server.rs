@@ -12,6 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
+use gantry_policy::admin::RuntimeDirectory;
 use gantry_policy::auth::{AuthRequest, Decision};
 use gantry_policy::Snapshot;
 use tokio::net::TcpListener;
@@ -36,11 +37,26 @@ const GRPC_UNAVAILABLE: i32 = 14;
 pub struct AuthzService {
     snapshot: SharedSnapshot,
     jwks: Arc<JwksStore>,
+    /// Keys made through the admin API, compiled (empty without it).
+    runtime: Arc<ArcSwap<RuntimeDirectory>>,
 }
 
 impl AuthzService {
     pub fn new(snapshot: SharedSnapshot, jwks: Arc<JwksStore>) -> AuthzService {
-        AuthzService { snapshot, jwks }
+        AuthzService {
+            snapshot,
+            jwks,
+            runtime: Arc::new(ArcSwap::from_pointee(RuntimeDirectory::empty())),
+        }
+    }
+
+    /// Also checks keys against the admin API's directory (which its sync keeps current).
+    pub fn with_runtime_directory(
+        mut self,
+        runtime: Arc<ArcSwap<RuntimeDirectory>>,
+    ) -> AuthzService {
+        self.runtime = runtime;
+        self
     }
 
     /// The service wrapped for tonic, with message limits suitable for bodies.
@@ -84,7 +100,11 @@ impl AuthzService {
             body,
             now: unix_now(),
         };
-        match policy.check(&auth_request, &*self.jwks).await {
+        let runtime = self.runtime.load();
+        match policy
+            .check_with(&auth_request, &*self.jwks, &runtime)
+            .await
+        {
             Decision::Allow(allowed) => {
                 tracing::debug!(
                     subject = allowed.principal.as_ref().map(|p| p.subject.as_str()),

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use gantry_policy::admin::RuntimeDirectory;
 use gantry_policy::governance::ledger::{Admission, AdmissionOutcome, Settlement, SpendRecord};
 use gantry_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -120,8 +122,14 @@ enum SpendMessage {
 }
 
 /// The store and the background work of one Gantry process.
+/// The admin API's records, compiled, as every adapter shares them.
+pub type SharedDirectory = Arc<ArcSwap<RuntimeDirectory>>;
+
 pub struct GovernanceRuntime {
     store: Arc<dyn Store>,
+    /// Keys, budgets and metadata made through the admin API, compiled; swapped whole by the
+    /// admin API's sync (empty without one).
+    directory: SharedDirectory,
     settlements: TaskTracker,
     spend: mpsc::Sender<SpendMessage>,
     pub stats: Arc<GovernanceStats>,
@@ -148,6 +156,7 @@ impl GovernanceRuntime {
         }
         Arc::new(GovernanceRuntime {
             store,
+            directory: Arc::new(ArcSwap::from_pointee(RuntimeDirectory::empty())),
             settlements: TaskTracker::new(),
             spend,
             stats,
@@ -156,6 +165,11 @@ impl GovernanceRuntime {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The runtime directory metering reads (the admin API's sync writes it).
+    pub fn directory(&self) -> &SharedDirectory {
+        &self.directory
     }
 
     /// Asks the store to admit a request (counted).

@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use gantry_policy::admin::RuntimeDirectory;
 use gantry_policy::front_door::{FrontDoor, CANONICAL_CHAT_PATH};
 use gantry_policy::governance::ledger::{Nanos, SpendOutcome, NANOS_PER_USD};
 use gantry_policy::governance::metering::format_usd;
@@ -714,6 +715,7 @@ impl HttpStream {
         let now = now_ms();
         let api = plan.api;
         let head = (self.head.method.as_str(), self.head.path.as_str());
+        let directory = governance.directory().load_full();
         let planned = if body.len() > BLOCKING_ESTIMATE_BYTES {
             // Tokenizing a large prompt takes milliseconds: not on the runtime's threads.
             let policy = policy.clone();
@@ -726,6 +728,7 @@ impl HttpStream {
             tokio::task::spawn_blocking(move || {
                 plan_metering(
                     &policy,
+                    &directory,
                     &caller,
                     &route,
                     (&method, &path),
@@ -748,6 +751,7 @@ impl HttpStream {
         } else {
             plan_metering(
                 &policy,
+                &directory,
                 &self.caller,
                 &plan.route,
                 head,
@@ -1093,6 +1097,7 @@ impl Drop for HttpStream {
 #[allow(clippy::too_many_arguments)]
 fn plan_metering(
     policy: &GovernancePolicy,
+    directory: &RuntimeDirectory,
     caller: &Caller,
     route: &gantry_policy::snapshot::ModelRoute,
     (method, path): (&str, &str),
@@ -1112,7 +1117,7 @@ fn plan_metering(
         path,
         headers,
     };
-    policy.plan(&facts, api, body, now)
+    policy.plan_with(&facts, api, body, now, directory)
 }
 
 fn usage_fields(usage: Usage) -> [(&'static str, Value); 4] {

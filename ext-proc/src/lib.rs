@@ -18,5 +18,5 @@ pub mod mcp_direct;
 pub mod server;
 pub mod upstream_stream;
 
-pub use governance::{GovernanceRuntime, GovernanceStats};
+pub use governance::{GovernanceRuntime, GovernanceStats, SharedDirectory};
 pub use server::{serve, ExtProcService, SharedSnapshot};

@@ -557,7 +557,9 @@ fn ext_authz_filter(config: &ConfigFile, auth: &AuthSection) -> Value {
         "include_peer_certificate": true,
         "include_tls_session": true,
     });
-    if auth.needs_request_body() {
+    // With the admin API, a key created at runtime may carry a model allow-list: ext_authz
+    // then needs the body too.
+    if auth.needs_request_body() || config.admin_api.is_some() {
         // The whole body (never a prefix: the model may come after a long prompt), as bytes.
         filter["with_request_body"] = json!({
             "max_request_bytes": config.max_request_body_bytes(),

@@ -4,6 +4,7 @@
 //! own process group), the Envoy bootstrap renderer and the CLI; it must not hold policy (that is
 //! `gantry-policy`) or protocol handling (that is `gantry-ext-proc`).
 
+pub mod admin_client;
 pub mod config_reload;
 pub mod envoy_binary;
 pub mod envoy_bootstrap;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use gantry_admin::{AdminApi, DirectorySync, ReloadOutcome, ReloadRequest};
 use gantry_ext_authz::{AuthzService, JwksStore};
 use gantry_ext_proc::GovernanceRuntime;
 use gantry_mock_provider::{MockConfig, MockProvider};
@@ -109,7 +110,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             bail!("{e}");
         }
     }
-    let services = Services::start_with(config, snapshot, !in_module).await?;
+    let mut services = Services::start_with(config, snapshot, !in_module).await?;
+    let reload_requests = services.reload_requests.take();
 
     let work_dir = std::env::temp_dir().join(format!("gantry-run-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
@@ -139,8 +141,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         admin,
         &models,
         scheme,
-        reloader,
-        options.watch,
+        Reloads {
+            file: reloader,
+            watch: options.watch,
+            requests: reload_requests,
+        },
     )
     .await;
     stop_envoy(&mut envoy).await;
@@ -160,6 +165,8 @@ pub struct Services {
     pub governance: Option<Arc<GovernanceRuntime>>,
     /// The snapshot ext_proc and ext_authz serve from (`None` without them: module mode).
     pub shared: Option<Arc<ArcSwap<Snapshot>>>,
+    /// Config reloads asked for through the admin API (with an `admin_api` section).
+    pub reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
 
 impl Services {
@@ -218,7 +225,48 @@ impl Services {
             extra_tasks: Vec::new(),
             governance: governance.clone(),
             shared: policy_servers.then(|| shared.clone()),
+            reload_requests: None,
         };
+        if let (Some(section), Some(governance)) = (&config.admin_api, &governance) {
+            let addr = section.listen_addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin_api.listen)"))?;
+            let sync = Arc::new(DirectorySync::new(
+                governance.store().clone(),
+                governance.directory().clone(),
+            ));
+            match sync.refresh().await {
+                Ok(version) => tracing::info!(
+                    version,
+                    "runtime keys and budgets loaded from the {} store",
+                    governance.store().kind()
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot read runtime keys and budgets yet; retrying every {} ms",
+                    section.sync_interval().as_millis()
+                ),
+            }
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            tokio::spawn(sync.clone().run(section.sync_interval(), async move {
+                let _ = stopped.await;
+            }));
+            let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
+            services.reload_requests = Some(reload_requests);
+            let api = AdminApi::new(shared.clone(), sync, Some(reload_sender));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            services.stop.push(stop);
+            services.extra_tasks.push(tokio::spawn(async move {
+                gantry_admin::serve(listener, api, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(std::io::Error::other)
+            }));
+            tracing::info!("admin API serving on {addr} (gRPC, gantry.admin.v1)");
+        }
         if let Some(listener) = ext_proc_listener {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             services.stop.push(stop);
@@ -285,7 +333,11 @@ impl Services {
             services.stop.push(stop);
             services.tasks.push(tokio::spawn(gantry_ext_authz::serve(
                 listener,
-                AuthzService::new(shared, jwks),
+                match &services.governance {
+                    Some(governance) => AuthzService::new(shared, jwks)
+                        .with_runtime_directory(governance.directory().clone()),
+                    None => AuthzService::new(shared, jwks),
+                },
                 async move {
                     let _ = stopped.await;
                 },
@@ -358,7 +410,9 @@ pub async fn serve(config: ConfigFile, config_path: &std::path::Path) -> anyhow:
     );
     let mut poll = tokio::time::interval(crate::config_reload::WATCH_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reload_requests = services.reload_requests.take();
     let outcome = loop {
+        let mut asked: Option<ReloadRequest> = None;
         let why = tokio::select! {
             e = services.failed() => break Err(e),
             _ = sigint.recv() => break Ok(()),
@@ -370,25 +424,52 @@ pub async fn serve(config: ConfigFile, config_path: &std::path::Path) -> anyhow:
                 }
                 "file changed"
             }
+            Some(reply) = next_reload_request(&mut reload_requests) => {
+                asked = Some(reply);
+                "admin API"
+            }
         };
         let Some(reloader) = reloader.as_mut() else {
+            answer_reload(asked, Err("this process serves no config file".into()));
             continue;
         };
         // Only Gantry's policy reloads here: the Envoy in front is configured by its owner.
-        match reloader.reload().await {
-            Ok(true) => println!(
-                "gantry: config reloaded from {} ({why})",
-                reloader.path().display()
-            ),
-            Ok(false) => {}
-            Err(e) => println!(
-                "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
-                reloader.path().display()
-            ),
-        }
+        let result = reloader.reload().await;
+        let answer = match &result {
+            Ok(true) => {
+                let message = format!("config reloaded from {}", reloader.path().display());
+                println!("gantry: {message} ({why})");
+                Ok(ReloadOutcome {
+                    changed: true,
+                    message,
+                })
+            }
+            Ok(false) => Ok(ReloadOutcome {
+                changed: false,
+                message: format!("{} has not changed", reloader.path().display()),
+            }),
+            Err(e) => {
+                println!(
+                    "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
+                    reloader.path().display()
+                );
+                Err(format!("{}: {e:#}", reloader.path().display()))
+            }
+        };
+        answer_reload(asked, answer);
     };
     services.stop().await;
     outcome
+}
+
+/// What can reload the config of `gantry run`.
+struct Reloads {
+    /// The config file's reloader (`None` for the bundled quickstart).
+    file: Option<crate::config_reload::Reloader>,
+    /// Reload when the file changes.
+    watch: bool,
+    /// Reloads asked for through the admin API.
+    requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
 
 /// Waits for readiness, then for a stop signal or Envoy's death, reloading the config when
@@ -399,9 +480,13 @@ async fn supervise(
     admin: SocketAddr,
     models: &[String],
     scheme: &str,
-    mut reloader: Option<crate::config_reload::Reloader>,
-    watch: bool,
+    reloads: Reloads,
 ) -> anyhow::Result<()> {
+    let Reloads {
+        file: mut reloader,
+        watch,
+        requests: mut reload_requests,
+    } = reloads;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -417,6 +502,7 @@ async fn supervise(
     let mut poll = tokio::time::interval(crate::config_reload::WATCH_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut asked: Option<ReloadRequest> = None;
         let why = tokio::select! {
             status = envoy.wait() => {
                 let status = status.context("cannot wait for envoy")?;
@@ -431,24 +517,64 @@ async fn supervise(
                 }
                 "file changed"
             }
+            Some(reply) = next_reload_request(&mut reload_requests) => {
+                asked = Some(reply);
+                "admin API"
+            }
         };
         let Some(reloader) = reloader.as_mut() else {
             println!("gantry: {why}: the bundled quickstart has no config file to reload");
+            answer_reload(
+                asked,
+                Err("gantry runs the bundled quickstart: there is no config file to reload".into()),
+            );
             continue;
         };
-        match reloader.reload().await {
-            Ok(true) => println!(
-                "gantry: config reloaded from {} ({why}; version {}; models: {})",
-                reloader.path().display(),
-                reloader.version(),
-                reloader.models().join(", ")
-            ),
-            Ok(false) => {}
-            Err(e) => println!(
-                "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
-                reloader.path().display()
-            ),
-        }
+        let answer = match reloader.reload().await {
+            Ok(true) => {
+                let (path, version) = (reloader.path().display(), reloader.version());
+                let models = reloader.models().join(", ");
+                // The test suite and operators read this line: keep its shape.
+                println!(
+                    "gantry: config reloaded from {path} ({why}; version {version}; models: {models})"
+                );
+                let message =
+                    format!("config reloaded from {path} (version {version}; models: {models})");
+                Ok(ReloadOutcome {
+                    changed: true,
+                    message,
+                })
+            }
+            Ok(false) => Ok(ReloadOutcome {
+                changed: false,
+                message: format!("{} has not changed", reloader.path().display()),
+            }),
+            Err(e) => {
+                println!(
+                    "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
+                    reloader.path().display()
+                );
+                Err(format!("{}: {e:#}", reloader.path().display()))
+            }
+        };
+        answer_reload(asked, answer);
+    }
+}
+
+/// The next reload asked for through the admin API (never, without one).
+async fn next_reload_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
+) -> Option<ReloadRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn answer_reload(asked: Option<ReloadRequest>, answer: Result<ReloadOutcome, String>) {
+    if let Some(reply) = asked {
+        // The caller may have given up waiting; the reload happened either way.
+        let _ = reply.send(answer);
     }
 }
 

@@ -45,10 +45,42 @@ enum Commands {
         #[arg(long)]
         config: PathBuf,
     },
-    /// API keys for the `auth.api_keys` section.
+    /// API keys: create, list, revoke and rotate them at runtime through the admin API, or
+    /// make one (and its hash) for the config's `auth.api_keys`.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
+    },
+    /// Budgets on keys, users and teams, through the admin API.
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
+    },
+    /// Metadata of users and teams (for rules, as `principal.metadata`), through the admin API.
+    Metadata {
+        #[command(subcommand)]
+        command: MetadataCommand,
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
+    },
+    /// The admin API's audit log: who changed what, when.
+    Audit {
+        /// The newest this many events.
+        #[arg(long, default_value = "100")]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::admin_client::ListFormat,
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
+    },
+    /// Ask a running Gantry to reload its config file (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
     },
     /// Validate a config file; exit 1 with every problem named.
     Check {
@@ -70,10 +102,13 @@ enum Commands {
         #[arg(long)]
         module: Option<PathBuf>,
     },
-    /// Report spend from the spend log (grouped, or raw records) as a table, CSV or JSON.
+    /// Report spend from the spend log (grouped, or raw records) as a table, CSV or JSON,
+    /// asked of a running Gantry's admin API (or, with --config, read from its store).
     Spend {
+        /// Read the configured store directly instead of asking the admin API (works while
+        /// Gantry is stopped; the embedded store is opened read-only).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Group by any of: key, user, team, model, provider, day (comma-separated).
         #[arg(long, default_value = "key")]
         by: String,
@@ -88,6 +123,8 @@ enum Commands {
         /// One line per request instead of groups (CSV, or JSON lines with --format json).
         #[arg(long)]
         records: bool,
+        #[command(flatten)]
+        connection: gantry::admin_client::AdminConnection,
     },
     /// Convert another gateway's config into a Gantry config.
     Import {
@@ -137,7 +174,8 @@ enum ImportCommand {
 
 #[derive(Subcommand)]
 enum KeyCommand {
-    /// Print a fresh random key and the hash to put in the config.
+    /// Print a fresh random key and the hash to put in the config (no Gantry needed; also
+    /// makes admin tokens for `admin_api.tokens`).
     New {
         /// The key's name in the config snippet printed.
         #[arg(long, default_value = "my-key")]
@@ -145,6 +183,96 @@ enum KeyCommand {
     },
     /// Print the hash of an existing key, read from standard input.
     Hash,
+    /// Create a key at runtime; its secret is printed once.
+    Create(gantry::admin_client::KeyCreate),
+    /// Keys of the config and of the admin API.
+    List {
+        /// Also list revoked keys.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::admin_client::ListFormat,
+    },
+    /// One key.
+    Show {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::admin_client::ListFormat,
+    },
+    /// Revoke a runtime key: every replica refuses it within the sync interval.
+    Revoke {
+        name: String,
+        /// Kept in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Give a runtime key a new secret (printed once); the old one keeps working for the
+    /// grace period.
+    Rotate {
+        name: String,
+        /// Seconds the previous secret keeps working (default admin_api.rotation_grace_secs;
+        /// 0 stops it at once).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Create or replace a budget on key:<name>, user:<id> or team:<id>.
+    Set(gantry::admin_client::BudgetSet),
+    /// What applies to key:<name>, user:<id> or team:<id> now: limits, spent, remaining.
+    Show {
+        subject: String,
+        /// Evaluate model-dependent scopes for this model.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::admin_client::ListFormat,
+    },
+    /// Budgets of the config and of the admin API.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: gantry::admin_client::ListFormat,
+    },
+    /// Delete a runtime budget.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum MetadataCommand {
+    /// Replace the metadata of user:<id> or team:<id> (no entries removes it).
+    Set {
+        subject: String,
+        /// `name=value` entries.
+        #[arg(value_parser = parse_entry)]
+        entries: Vec<(String, String)>,
+    },
+    /// Every user's and team's metadata.
+    List,
+}
+
+fn parse_entry(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{text}' is not name=value")),
+    }
+}
+
+/// Runs one admin API call on a fresh runtime and prints its answer.
+fn admin_call<F>(
+    connection: &gantry::admin_client::AdminConnection,
+    call: impl FnOnce(gantry::admin_client::Admin) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let text = runtime()?.block_on(async {
+        let admin = gantry::admin_client::Admin::connect(connection).await?;
+        call(admin).await
+    })?;
+    print!("{text}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -254,8 +382,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(d) => format!(", mcp_direct: {} servers", d.servers.len()),
                 None => String::new(),
             };
+            let admin = match &parsed.admin_api {
+                Some(a) => format!(
+                    ", admin API on {} with {} tokens",
+                    a.listen_addr(),
+                    a.tokens.len()
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} providers, {} models{auth}{governance}{a2a}{direct})",
+                "{}: OK ({} providers, {} models{auth}{governance}{a2a}{direct}{admin})",
                 config.display(),
                 parsed.providers.len(),
                 parsed.models.len()
@@ -348,7 +484,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let parsed = load(&config)?;
             runtime()?.block_on(local_stack::serve(parsed, &config))
         }
-        Commands::Key { command } => match command {
+        Commands::Key {
+            command,
+            connection,
+        } => match command {
             KeyCommand::New { name } => {
                 let key = generate_key().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
                 let hash = KeyHash::of(&key);
@@ -371,7 +510,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", KeyHash::of(key));
                 Ok(())
             }
+            KeyCommand::Create(args) => admin_call(&connection, |mut admin| async move {
+                gantry::admin_client::key_create(&mut admin, args).await
+            }),
+            KeyCommand::List { all, format } => admin_call(&connection, |mut admin| async move {
+                gantry::admin_client::key_list(&mut admin, all, format).await
+            }),
+            KeyCommand::Show { name, format } => admin_call(&connection, |mut admin| async move {
+                gantry::admin_client::key_show(&mut admin, name, format).await
+            }),
+            KeyCommand::Revoke { name, reason } => {
+                admin_call(&connection, |mut admin| async move {
+                    gantry::admin_client::key_revoke(&mut admin, name, reason).await
+                })
+            }
+            KeyCommand::Rotate { name, grace_secs } => {
+                admin_call(&connection, |mut admin| async move {
+                    gantry::admin_client::key_rotate(&mut admin, name, grace_secs).await
+                })
+            }
         },
+        Commands::Budget {
+            command,
+            connection,
+        } => admin_call(&connection, |mut admin| async move {
+            match command {
+                BudgetCommand::Set(args) => {
+                    gantry::admin_client::budget_set(&mut admin, args).await
+                }
+                BudgetCommand::Show {
+                    subject,
+                    model,
+                    format,
+                } => gantry::admin_client::budget_show(&mut admin, subject, model, format).await,
+                BudgetCommand::List { format } => {
+                    gantry::admin_client::budget_list(&mut admin, format).await
+                }
+                BudgetCommand::Delete { name } => {
+                    gantry::admin_client::budget_delete(&mut admin, name).await
+                }
+            }
+        }),
+        Commands::Metadata {
+            command,
+            connection,
+        } => admin_call(&connection, |mut admin| async move {
+            match command {
+                MetadataCommand::Set { subject, entries } => {
+                    gantry::admin_client::metadata_set(&mut admin, subject, entries).await
+                }
+                MetadataCommand::List => gantry::admin_client::metadata_list(&mut admin).await,
+            }
+        }),
+        Commands::Audit {
+            limit,
+            format,
+            connection,
+        } => admin_call(&connection, |mut admin| async move {
+            gantry::admin_client::audit(&mut admin, limit, format).await
+        }),
+        Commands::Reload { connection } => admin_call(&connection, |mut admin| async move {
+            gantry::admin_client::reload(&mut admin).await
+        }),
         Commands::Spend {
             config,
             by,
@@ -379,7 +579,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             until,
             format,
             records,
+            connection,
         } => {
+            let Some(config) = config else {
+                return admin_call(&connection, |mut admin| async move {
+                    gantry::admin_client::spend(&mut admin, &by, since, until, format, records)
+                        .await
+                });
+            };
             let parsed = load(&config)?;
             let Some(section) = &parsed.governance else {
                 anyhow::bail!(

@@ -1,11 +1,12 @@
 //! `gantry spend`: reads the spend log from the configured store and prints it grouped (by key,
 //! user, team, model, provider, day), or exports the raw records, as a table, CSV or JSON.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use gantry_policy::config::GovernanceSection;
 use gantry_policy::governance::ledger::SpendQuery;
 use gantry_policy::governance::spend_report::{
-    aggregate, render_csv, render_json, render_records_csv, render_table, GroupBy,
+    aggregate, parse_groups, parse_instant, render_csv, render_json, render_records_csv,
+    render_table,
 };
 use jiff::tz::TimeZone;
 
@@ -34,30 +35,17 @@ pub struct SpendOptions {
 pub async fn report(section: &GovernanceSection, options: &SpendOptions) -> anyhow::Result<String> {
     let zone = TimeZone::get(section.time_zone_name())
         .with_context(|| format!("time zone {}", section.time_zone_name()))?;
-    let mut by = Vec::new();
-    for name in options
-        .by
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        match GroupBy::parse(name) {
-            Some(group) => by.push(group),
-            None => {
-                bail!("--by: unknown group '{name}' (use key, user, team, model, provider, day)")
-            }
-        }
-    }
+    let by = parse_groups(&options.by).map_err(|e| anyhow::anyhow!("--by: {e}"))?;
     let query = SpendQuery {
         since_ms: options
             .since
             .as_deref()
-            .map(|t| parse_instant(t, &zone).context("--since"))
+            .map(|t| parse_instant(t, &zone).map_err(|e| anyhow::anyhow!("--since: {e}")))
             .transpose()?,
         until_ms: options
             .until
             .as_deref()
-            .map(|t| parse_instant(t, &zone).context("--until"))
+            .map(|t| parse_instant(t, &zone).map_err(|e| anyhow::anyhow!("--until: {e}")))
             .transpose()?,
     };
     let store = open_store_for_reading(&section.store)?;
@@ -84,21 +72,4 @@ pub async fn report(section: &GovernanceSection, options: &SpendOptions) -> anyh
         SpendFormat::Csv => render_csv(&rows, &by),
         SpendFormat::Json => render_json(&rows, &by) + "\n",
     })
-}
-
-/// `2026-11-01` (local midnight in `zone`) or `2026-11-01T12:00:00Z`, as ms since the epoch.
-fn parse_instant(text: &str, zone: &TimeZone) -> anyhow::Result<i64> {
-    if let Ok(instant) = text.parse::<jiff::Timestamp>() {
-        return Ok(instant.as_millisecond());
-    }
-    let date: jiff::civil::Date = text.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "'{text}' is neither a date (2026-11-01) nor an RFC 3339 time (2026-11-01T12:00:00Z)"
-        )
-    })?;
-    let start = date
-        .to_zoned_datetime(zone.clone())
-        .and_then(|z| z.start_of_day())
-        .map_err(|e| anyhow::anyhow!("'{text}': {e}"))?;
-    Ok(start.timestamp().as_millisecond())
 }

@@ -17,6 +17,7 @@ use serde_saphyr::Spanned;
 use crate::endpoint::ProviderEndpoint;
 
 mod a2a;
+mod admin_api;
 mod auth;
 mod governance;
 mod guard_webhook;
@@ -26,6 +27,7 @@ mod mcp_direct;
 pub mod response_guards;
 mod routing;
 pub use a2a::*;
+pub use admin_api::*;
 pub use auth::*;
 pub use governance::*;
 pub use guard_webhook::*;
@@ -98,6 +100,10 @@ pub struct ConfigFile {
     /// configured.
     #[serde(default)]
     pub mcp_direct: Option<McpDirectSection>,
+    /// Gantry's admin API (gRPC, `gantry.admin.v1`): API keys, budgets and metadata at
+    /// runtime, spend, limits, config reload. Off unless configured.
+    #[serde(default)]
+    pub admin_api: Option<AdminApiSection>,
 }
 
 /// Where Gantry serves `GET /metrics` (Prometheus text).
@@ -487,6 +493,12 @@ impl ConfigFile {
                 claim_port(mcp.listen_addr(), "mcp.listen", line, &mut issues);
             }
             mcp.validate(&mut issues);
+        }
+        if let Some(admin_api) = &self.admin_api {
+            let line = admin_api.listen.as_ref().map_or(0, |l| l.referenced.line());
+            if let Some(addr) = admin_api.validate(self.governance.is_some(), &mut issues) {
+                claim_port(addr, "admin_api.listen", line, &mut issues);
+            }
         }
         if let Some(a2a) = &self.a2a {
             a2a.validate(&mut issues);

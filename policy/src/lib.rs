@@ -7,6 +7,7 @@
 //! so a rule written here behaves the same in each of them and is tested without Envoy.
 
 pub mod a2a;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod endpoint;

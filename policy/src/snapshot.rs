@@ -332,6 +332,8 @@ pub struct Snapshot {
     pub a2a: Option<Arc<crate::a2a::A2aPolicy>>,
     /// MCP servers policed inline, when the config has an `mcp_direct` section.
     pub mcp_direct: Option<Arc<crate::mcp::direct::DirectMcpPolicy>>,
+    /// The admin API, when the config has an `admin_api` section.
+    pub admin: Option<Arc<crate::admin::AdminApiPolicy>>,
     /// What the targets' `when` conditions read, over all aliases.
     target_condition_uses: VariableUse,
 }
@@ -436,6 +438,10 @@ impl Snapshot {
             models,
             targets_by_id,
             target_condition_uses: condition_uses,
+            admin: config
+                .admin_api
+                .as_ref()
+                .map(|a| Arc::new(crate::admin::AdminApiPolicy::compile(a))),
             max_request_body_bytes: config.max_request_body_bytes(),
             available_models,
             models_list_body,

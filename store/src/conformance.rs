@@ -18,6 +18,13 @@
 //!   reservation was still held the first time: spend, reservations and rate buckets all count
 //!   it once.
 //!
+//! Admin records and the audit log are not keyed by the prefix: one version counts every admin
+//! write of the store (for Redis, of its key prefix). The admin checks therefore name their
+//! records with the prefix and reason from the version and the log's length they find when
+//! they start, so they hold on a store other checks use too, provided nothing else writes
+//! admin records while they run; only [`admin_fresh_store_starts_at_zero`] needs a store that
+//! never had an admin write or audit event.
+//!
 //! Usage from a store's tests: `conformance::run_all(&store, "prefix:").await`, or one
 //! `#[tokio::test]` per check.
 
@@ -26,6 +33,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use gantry_policy::admin::stored::{
+    AdminRecords, AdminWrite, AuditEvent, Expect, RecordKind, StoredRecord, WriteOutcome,
+};
 use gantry_policy::governance::ledger::{
     Admission, AdmissionOutcome, BudgetCharge, BudgetSettle, CounterState, RateCharge, RateSettle,
     RateState, Refusal, ReservationId, Settlement, SpendOutcome, SpendQuery, SpendRecord,
@@ -39,7 +49,8 @@ const PERIOD_US: i64 = 60_000_000;
 /// One hour, in ms: the lease of admissions that must not expire during a check.
 const LONG_LEASE_MS: i64 = 3_600_000;
 
-/// Runs every check, each under its own keys below `prefix`.
+/// Runs every check that takes a `&dyn Store`, each under its own keys below `prefix`, except
+/// [`admin_fresh_store_starts_at_zero`] (it needs a store that never had an admin write).
 pub(crate) async fn run_all(store: &dyn Store, prefix: &str) {
     admit_within_limits_reserves(store, prefix).await;
     enforced_refusal_is_all_or_nothing(store, prefix).await;
@@ -53,6 +64,10 @@ pub(crate) async fn run_all(store: &dyn Store, prefix: &str) {
     spend_log_prunes_old_records(store, prefix).await;
     unknown_counters_read_zero(store, prefix).await;
     settling_twice_charges_once(store, prefix).await;
+    admin_write_creates_a_record(store, prefix).await;
+    admin_writes_compare_and_set(store, prefix).await;
+    admin_audit_log_keeps_every_event(store, prefix).await;
+    admin_concurrent_writes_one_wins(store, prefix).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,5 +1049,663 @@ pub(crate) async fn spend_log_prunes_old_records(store: &dyn Store, prefix: &str
         left,
         recent.to_vec(),
         "only the records of the last 7 days stay"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin records and the audit log (see `gantry_policy::admin::stored`)
+
+/// An audit event with every field set, tagged with the check's prefix.
+fn audit(prefix: &str, action: &str, target: &str, n: i64) -> AuditEvent {
+    AuditEvent {
+        time_ms: now_ms() + n,
+        actor: format!("{prefix}admin \"ops\" ✓"),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail: format!(r#"{{"n":{n},"note":"line\nbreak \\ tab\t"}}"#),
+        peer: "192.0.2.7:51234".to_string(),
+        replica: format!("{prefix}replica-{n}"),
+    }
+}
+
+fn put(
+    kind: RecordKind,
+    id: &str,
+    json: &str,
+    expect: Expect,
+    audit_event: AuditEvent,
+) -> AdminWrite {
+    AdminWrite {
+        kind,
+        id: id.to_string(),
+        json: Some(json.to_string()),
+        expect,
+        audit: audit_event,
+    }
+}
+
+fn delete(kind: RecordKind, id: &str, expect: Expect, audit_event: AuditEvent) -> AdminWrite {
+    AdminWrite {
+        kind,
+        id: id.to_string(),
+        json: None,
+        expect,
+        audit: audit_event,
+    }
+}
+
+async fn admin_version(store: &dyn Store) -> u64 {
+    match store.admin_version().await {
+        Ok(version) => version,
+        Err(e) => panic!("admin_version failed: {e}"),
+    }
+}
+
+/// Every record; checks they are sorted by kind then id, once each, and at the version that
+/// `admin_version` reads.
+async fn admin_records(store: &dyn Store) -> AdminRecords {
+    let records = match store.admin_records().await {
+        Ok(records) => records,
+        Err(e) => panic!("admin_records failed: {e}"),
+    };
+    for pair in records.records.windows(2) {
+        assert!(
+            (pair[0].kind, &pair[0].id) < (pair[1].kind, &pair[1].id),
+            "records sorted by kind then id, once each: {:?}",
+            records.records
+        );
+    }
+    for record in &records.records {
+        assert!(
+            (1..=records.version).contains(&record.revision),
+            "a revision is a version that was written: {record:?} at {}",
+            records.version
+        );
+    }
+    if records.version == 0 {
+        assert!(records.records.is_empty(), "version 0 has no record");
+    }
+    assert_eq!(
+        admin_version(store).await,
+        records.version,
+        "admin_version and admin_records agree (nothing writes meanwhile)"
+    );
+    records
+}
+
+async fn admin_write(store: &dyn Store, write: &AdminWrite) -> WriteOutcome {
+    match store.admin_write(write).await {
+        Ok(outcome) => outcome,
+        Err(e) => panic!("admin_write failed: {e}"),
+    }
+}
+
+/// `write` must be written at `version`.
+async fn written_at(store: &dyn Store, write: &AdminWrite, version: u64) {
+    assert_eq!(
+        admin_write(store, write).await,
+        WriteOutcome::Written { version },
+        "{write:?}"
+    );
+}
+
+async fn record_audit(store: &dyn Store, event: &AuditEvent) {
+    if let Err(e) = store.record_audit(event).await {
+        panic!("record_audit failed: {e}");
+    }
+}
+
+async fn audit_events(store: &dyn Store, limit: usize) -> Vec<AuditEvent> {
+    match store.audit_events(limit).await {
+        Ok(events) => {
+            assert!(events.len() <= limit, "at most {limit} events");
+            events
+        }
+        Err(e) => panic!("audit_events failed: {e}"),
+    }
+}
+
+fn find<'a>(records: &'a AdminRecords, kind: RecordKind, id: &str) -> Option<&'a StoredRecord> {
+    records
+        .records
+        .iter()
+        .find(|record| record.kind == kind && record.id == id)
+}
+
+/// 12. Admin records of a store that never had one (run on a fresh store only: not part of
+///     [`run_all`]): version 0, no record, no audit event; the first write is version 1, and its
+///     record reads back at revision 1 with its exact JSON.
+pub(crate) async fn admin_fresh_store_starts_at_zero(store: &dyn Store, prefix: &str) {
+    assert_eq!(admin_version(store).await, 0);
+    assert_eq!(admin_records(store).await, AdminRecords::default());
+    assert_eq!(audit_events(store, 100).await, vec![]);
+
+    let id = key(prefix, "fresh", "alice");
+    let json = r#"{"name":"alice","budget":null}"#;
+    let event = audit(prefix, "key.create", &format!("key:{id}"), 1);
+    written_at(
+        store,
+        &put(RecordKind::Key, &id, json, Expect::Absent, event.clone()),
+        1,
+    )
+    .await;
+    assert_eq!(admin_version(store).await, 1);
+    assert_eq!(
+        admin_records(store).await,
+        AdminRecords {
+            version: 1,
+            records: vec![StoredRecord {
+                kind: RecordKind::Key,
+                id,
+                revision: 1,
+                json: json.to_string(),
+            }],
+        }
+    );
+    assert_eq!(audit_events(store, 100).await, vec![event]);
+}
+
+/// 13. Creating records: each write is the next version and its record's revision; the JSON
+///     reads back byte for byte; `(kind, id)` is the key (the same id under two kinds is two
+///     records), and an id may hold any character. Records already there are untouched.
+pub(crate) async fn admin_write_creates_a_record(store: &dyn Store, prefix: &str) {
+    let before = admin_records(store).await;
+    let v0 = before.version;
+
+    let id = key(prefix, "create", "alice");
+    // Not in the form a JSON library would write it back: the store keeps the text as given.
+    let json = "{ \"name\": \"alice\",  \"note\": \"caf\\u00e9 ☕ \\\"q\\\"\\n\", \"n\": 1.50 }";
+    written_at(
+        store,
+        &put(
+            RecordKind::Key,
+            &id,
+            json,
+            Expect::Absent,
+            audit(prefix, "key.create", &id, 1),
+        ),
+        v0 + 1,
+    )
+    .await;
+    assert_eq!(admin_version(store).await, v0 + 1);
+    let after = admin_records(store).await;
+    assert_eq!(after.version, v0 + 1);
+    assert_eq!(
+        find(&after, RecordKind::Key, &id),
+        Some(&StoredRecord {
+            kind: RecordKind::Key,
+            id: id.clone(),
+            revision: v0 + 1,
+            json: json.to_string(),
+        })
+    );
+    assert_eq!(after.records.len(), before.records.len() + 1);
+
+    // The same id as a budget is another record.
+    let budget = r#"{"limit_usd":"12.5"}"#;
+    written_at(
+        store,
+        &put(
+            RecordKind::Budget,
+            &id,
+            budget,
+            Expect::Absent,
+            audit(prefix, "budget.set", &id, 2),
+        ),
+        v0 + 2,
+    )
+    .await;
+    // An id with the separators a store might use.
+    let subject = format!("user:{prefix}a/b:c d/é");
+    let metadata = r#"{"team":"research"}"#;
+    written_at(
+        store,
+        &put(
+            RecordKind::Metadata,
+            &subject,
+            metadata,
+            Expect::Absent,
+            audit(prefix, "metadata.set", &subject, 3),
+        ),
+        v0 + 3,
+    )
+    .await;
+
+    let after = admin_records(store).await;
+    assert_eq!(after.version, v0 + 3);
+    assert_eq!(after.records.len(), before.records.len() + 3);
+    let found = |kind, id: &str| find(&after, kind, id).map(|r| (r.revision, r.json.as_str()));
+    assert_eq!(found(RecordKind::Key, &id), Some((v0 + 1, json)));
+    assert_eq!(found(RecordKind::Budget, &id), Some((v0 + 2, budget)));
+    assert_eq!(
+        found(RecordKind::Metadata, &subject),
+        Some((v0 + 3, metadata))
+    );
+    for record in &before.records {
+        assert_eq!(
+            find(&after, record.kind, &record.id),
+            Some(record),
+            "untouched"
+        );
+    }
+}
+
+/// 14. A write happens only when the record is as it expects (compare-and-set): `Absent` on a
+///     record, or a revision that is not the record's, is a conflict naming the record's
+///     revision (`None`: no record) and changes nothing, neither version, records nor audit
+///     log. Updating at the right revision and deleting bump the version; a deleted record can
+///     be created again.
+pub(crate) async fn admin_writes_compare_and_set(store: &dyn Store, prefix: &str) {
+    let id = key(prefix, "cas", "budget");
+    let bystander = key(prefix, "cas", "bystander");
+    let kind = RecordKind::Budget;
+    let event = |action: &str, n: i64| audit(prefix, action, &id, n);
+
+    let v0 = admin_version(store).await;
+    written_at(
+        store,
+        &put(
+            kind,
+            &bystander,
+            "{}",
+            Expect::Absent,
+            event("budget.set", 0),
+        ),
+        v0 + 1,
+    )
+    .await;
+    let v1 = v0 + 2;
+    written_at(
+        store,
+        &put(
+            kind,
+            &id,
+            r#"{"v":1}"#,
+            Expect::Absent,
+            event("budget.set", 1),
+        ),
+        v1,
+    )
+    .await;
+
+    // Conflicts, each writing nothing.
+    let unchanged = || async move {
+        (
+            admin_records(store).await,
+            audit_events(store, usize::MAX).await.len(),
+        )
+    };
+    let snapshot = unchanged().await;
+    let conflicts = [
+        (Expect::Absent, Some(v1)),
+        (Expect::Revision(v1 + 1), Some(v1)),
+        (Expect::Revision(v1 - 1), Some(v1)),
+        (Expect::Revision(0), Some(v1)),
+        (Expect::Revision(u64::MAX), Some(v1)),
+    ];
+    for (expect, current) in conflicts {
+        let write = put(kind, &id, r#"{"v":"lost"}"#, expect, event("budget.set", 9));
+        assert_eq!(
+            admin_write(store, &write).await,
+            WriteOutcome::Conflict { current },
+            "{expect:?}"
+        );
+        let write = delete(kind, &id, expect, event("budget.delete", 9));
+        assert_eq!(
+            admin_write(store, &write).await,
+            WriteOutcome::Conflict { current },
+            "delete {expect:?}"
+        );
+    }
+    assert_eq!(unchanged().await, snapshot, "conflicts change nothing");
+
+    // At the right revision: written at the next version.
+    let v2 = v1 + 1;
+    written_at(
+        store,
+        &put(
+            kind,
+            &id,
+            r#"{"v":2}"#,
+            Expect::Revision(v1),
+            event("budget.set", 2),
+        ),
+        v2,
+    )
+    .await;
+    let records = admin_records(store).await;
+    assert_eq!(records.version, v2);
+    assert_eq!(
+        find(&records, kind, &id).map(|r| (r.revision, r.json.as_str())),
+        Some((v2, r#"{"v":2}"#))
+    );
+    // The revision that was read before is stale now.
+    let stale = put(
+        kind,
+        &id,
+        r#"{"v":"stale"}"#,
+        Expect::Revision(v1),
+        event("budget.set", 9),
+    );
+    assert_eq!(
+        admin_write(store, &stale).await,
+        WriteOutcome::Conflict { current: Some(v2) }
+    );
+
+    // Deleted: gone, and the version moved on.
+    let v3 = v2 + 1;
+    written_at(
+        store,
+        &delete(kind, &id, Expect::Revision(v2), event("budget.delete", 3)),
+        v3,
+    )
+    .await;
+    let records = admin_records(store).await;
+    assert_eq!(records.version, v3);
+    assert_eq!(find(&records, kind, &id), None, "deleted");
+
+    // A missing record: any revision conflicts, naming no revision.
+    let snapshot = unchanged().await;
+    for expect in [
+        Expect::Revision(v3),
+        Expect::Revision(v2),
+        Expect::Revision(1),
+    ] {
+        let write = put(kind, &id, r#"{"v":"lost"}"#, expect, event("budget.set", 9));
+        assert_eq!(
+            admin_write(store, &write).await,
+            WriteOutcome::Conflict { current: None },
+            "{expect:?}"
+        );
+        let write = delete(kind, &id, expect, event("budget.delete", 9));
+        assert_eq!(
+            admin_write(store, &write).await,
+            WriteOutcome::Conflict { current: None },
+            "delete {expect:?}"
+        );
+    }
+    assert_eq!(unchanged().await, snapshot, "conflicts change nothing");
+
+    // Created again, at a new revision.
+    let v4 = v3 + 1;
+    written_at(
+        store,
+        &put(
+            kind,
+            &id,
+            r#"{"v":4}"#,
+            Expect::Absent,
+            event("budget.set", 4),
+        ),
+        v4,
+    )
+    .await;
+    let records = admin_records(store).await;
+    assert_eq!(
+        find(&records, kind, &id).map(|r| (r.revision, r.json.as_str())),
+        Some((v4, r#"{"v":4}"#))
+    );
+    assert_eq!(
+        find(&records, kind, &bystander).map(|r| r.revision),
+        Some(v0 + 1),
+        "a record nobody wrote keeps its revision"
+    );
+}
+
+/// 15. The audit log holds one event per successful admin write and one per `record_audit`, in
+///     order, every field exact; a conflict logs nothing, and `record_audit` changes neither
+///     version nor records. `audit_events(limit)` is the newest `limit` events, oldest first.
+pub(crate) async fn admin_audit_log_keeps_every_event(store: &dyn Store, prefix: &str) {
+    let before = audit_events(store, usize::MAX).await.len();
+    let id = key(prefix, "audit", "bob");
+    let target = format!("key:{id}");
+    let kind = RecordKind::Key;
+
+    let created = audit(prefix, "key.create", &target, 1);
+    let v1 = match admin_write(
+        store,
+        &put(kind, &id, r#"{"n":1}"#, Expect::Absent, created.clone()),
+    )
+    .await
+    {
+        WriteOutcome::Written { version } => version,
+        other => panic!("create: {other:?}"),
+    };
+    // An event with only the required fields: the others read back empty.
+    let reload = AuditEvent {
+        time_ms: now_ms(),
+        actor: format!("{prefix}config"),
+        action: "config.reload".to_string(),
+        target: "config".to_string(),
+        detail: String::new(),
+        peer: String::new(),
+        replica: String::new(),
+    };
+    let records_before = admin_records(store).await;
+    record_audit(store, &reload).await;
+    assert_eq!(
+        admin_records(store).await,
+        records_before,
+        "record_audit changes no record and no version"
+    );
+    let conflict = audit(prefix, "key.create", &target, 9);
+    assert_eq!(
+        admin_write(
+            store,
+            &put(kind, &id, r#"{"n":9}"#, Expect::Absent, conflict)
+        )
+        .await,
+        WriteOutcome::Conflict { current: Some(v1) }
+    );
+    let revoked = audit(prefix, "key.revoke", &target, 2);
+    written_at(
+        store,
+        &put(
+            kind,
+            &id,
+            r#"{"n":2}"#,
+            Expect::Revision(v1),
+            revoked.clone(),
+        ),
+        v1 + 1,
+    )
+    .await;
+    let second_reload = AuditEvent {
+        time_ms: reload.time_ms + 1,
+        ..reload.clone()
+    };
+    record_audit(store, &second_reload).await;
+    let deleted = audit(prefix, "key.delete", &target, 3);
+    written_at(
+        store,
+        &delete(kind, &id, Expect::Revision(v1 + 1), deleted.clone()),
+        v1 + 2,
+    )
+    .await;
+
+    let ours = vec![created, reload, revoked, second_reload, deleted];
+    let all = audit_events(store, usize::MAX).await;
+    assert_eq!(
+        all.len(),
+        before + ours.len(),
+        "one event per change, no more"
+    );
+    assert_eq!(all[before..], ours[..], "in order, every field exact");
+    assert_eq!(audit_events(store, ours.len()).await, ours);
+    assert_eq!(audit_events(store, 2).await, ours[3..]);
+    assert_eq!(audit_events(store, 1).await, ours[4..]);
+    assert_eq!(audit_events(store, 0).await, vec![]);
+    assert_eq!(
+        audit_events(store, all.len() + 10).await,
+        all,
+        "a limit above the log's length reads all of it"
+    );
+}
+
+/// 16. Concurrent admin writes (futures polled together, so the store sees them at once): 20
+///     creations of one record write exactly one, the others conflict on its revision; 20
+///     updates at that revision write exactly one; 20 creations of different records are all
+///     written, each at a version of its own, one after the other.
+pub(crate) async fn admin_concurrent_writes_one_wins(store: &dyn Store, prefix: &str) {
+    let id = key(prefix, "race", "key");
+    let kind = RecordKind::Key;
+    let v0 = admin_version(store).await;
+    let audit_before = audit_events(store, usize::MAX).await.len();
+
+    let race = |writes: Vec<AdminWrite>| async move {
+        let futures = writes
+            .iter()
+            .map(|write| {
+                Box::pin(store.admin_write(write)) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+            })
+            .collect();
+        let outcomes: Vec<Result<WriteOutcome, crate::StoreError>> = join_all(futures).await;
+        let outcomes: Vec<WriteOutcome> = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => panic!("admin_write failed: {e}"),
+            })
+            .collect();
+        (writes, outcomes)
+    };
+    // The one written, and its index; every other one must conflict on its revision.
+    let winner = |outcomes: &[WriteOutcome]| {
+        let written: Vec<(usize, u64)> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, outcome)| match outcome {
+                WriteOutcome::Written { version } => Some((i, *version)),
+                WriteOutcome::Conflict { .. } => None,
+            })
+            .collect();
+        assert_eq!(written.len(), 1, "exactly one written: {outcomes:?}");
+        let (index, version) = written[0];
+        for outcome in outcomes {
+            if let WriteOutcome::Conflict { current } = outcome {
+                assert_eq!(*current, Some(version), "{outcomes:?}");
+            }
+        }
+        (index, version)
+    };
+
+    let creations = (0..20)
+        .map(|n| {
+            put(
+                kind,
+                &id,
+                &format!(r#"{{"writer":{n}}}"#),
+                Expect::Absent,
+                audit(prefix, "key.create", &id, n),
+            )
+        })
+        .collect();
+    let (writes, outcomes) = race(creations).await;
+    let (index, v1) = winner(&outcomes);
+    assert_eq!(v1, v0 + 1);
+    let records = admin_records(store).await;
+    assert_eq!(
+        find(&records, kind, &id).map(|r| (r.revision, r.json.as_str())),
+        Some((v1, writes[index].json.as_deref().unwrap_or_default()))
+    );
+    let events = audit_events(store, usize::MAX).await;
+    assert_eq!(
+        events.len(),
+        audit_before + 1,
+        "only the written one is logged"
+    );
+    assert_eq!(events.last(), Some(&writes[index].audit));
+
+    let updates = (0..20)
+        .map(|n| {
+            put(
+                kind,
+                &id,
+                &format!(r#"{{"updater":{n}}}"#),
+                Expect::Revision(v1),
+                audit(prefix, "key.update", &id, n),
+            )
+        })
+        .collect();
+    let (writes, outcomes) = race(updates).await;
+    let (index, v2) = winner(&outcomes);
+    assert_eq!(v2, v1 + 1);
+    let records = admin_records(store).await;
+    assert_eq!(
+        find(&records, kind, &id).map(|r| (r.revision, r.json.as_str())),
+        Some((v2, writes[index].json.as_deref().unwrap_or_default()))
+    );
+
+    let many = (0..20)
+        .map(|n| {
+            let id = key(prefix, "race", &format!("many-{n}"));
+            put(
+                kind,
+                &id,
+                "{}",
+                Expect::Absent,
+                audit(prefix, "key.create", &id, n),
+            )
+        })
+        .collect();
+    let (writes, outcomes) = race(many).await;
+    let mut versions: Vec<u64> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            WriteOutcome::Written { version } => *version,
+            other => panic!("different records do not conflict: {other:?}"),
+        })
+        .collect();
+    let records = admin_records(store).await;
+    for (write, version) in writes.iter().zip(&versions) {
+        assert_eq!(
+            find(&records, kind, &write.id).map(|r| r.revision),
+            Some(*version)
+        );
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (v2 + 1..=v2 + 20).collect::<Vec<_>>());
+    assert_eq!(records.version, v2 + 20);
+    assert_eq!(
+        audit_events(store, usize::MAX).await.len(),
+        audit_before + 22
+    );
+}
+
+/// 16b. 20 tokio tasks (a multi-threaded runtime runs them in parallel) create the same record:
+///      exactly one is written.
+pub(crate) async fn admin_concurrent_writes_across_tasks(store: Arc<dyn Store>, prefix: &str) {
+    let id = key(prefix, "tasks", "key");
+    let v0 = admin_version(store.as_ref()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let store = store.clone();
+        let write = put(
+            RecordKind::Key,
+            &id,
+            &format!(r#"{{"task":{n}}}"#),
+            Expect::Absent,
+            audit(prefix, "key.create", &id, n),
+        );
+        tasks.spawn(async move { (store.admin_write(&write).await, write) });
+    }
+    let mut written = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((Ok(WriteOutcome::Written { version }), write)) => written.push((version, write)),
+            Ok((Ok(WriteOutcome::Conflict { current }), _)) => {
+                assert_eq!(current, Some(v0 + 1))
+            }
+            Ok((Err(e), _)) => panic!("admin_write failed: {e}"),
+            Err(e) => panic!("admin write task failed: {e}"),
+        }
+    }
+    assert_eq!(written.len(), 1, "exactly one written");
+    let (version, write) = &written[0];
+    assert_eq!(*version, v0 + 1);
+    let records = admin_records(store.as_ref()).await;
+    assert_eq!(
+        find(&records, RecordKind::Key, &id).map(|r| r.json.as_str()),
+        write.json.as_deref()
     );
 }

@@ -17,6 +17,15 @@
 //!   [`Store::settle`] returns.
 //! - `spend_log`: one row per [`SpendRecord`], committed before [`Store::record_spend`] returns.
 //! - `rate_buckets`: the running GCRA buckets (see below).
+//! - `admin_records` (`kind`, `id`, `revision`, `json`; one row per admin record),
+//!   `admin_version` (one row, `one = 1`: the admin records' version; no row reads as 0) and
+//!   `audit_log` (one row per [`AuditEvent`], as JSON, with its `time_ms`; never pruned): see
+//!   "Admin records" below.
+//!
+//! Every table is created with `CREATE TABLE IF NOT EXISTS` when the owner opens the file, so a
+//! file made by an earlier version of the same layout (without `rate_buckets` or the admin
+//! tables) gains them without a new layout number; a read-only store reads the missing admin
+//! tables as empty (version 0).
 //!
 //! Counters whose window ended more than an hour ago (by the policy's clock) are forgotten,
 //! in memory and on disk, by a sweep that admissions run at most once a minute; a new window is a
@@ -33,14 +42,25 @@
 //! loads them, so a restart does not hand out a fresh minute of requests; a crash loses at most
 //! the last second of their changes.
 //!
-//! **Durability.** Once `settle` or `record_spend` has returned `Ok`, the change is committed to
-//! the SQLite write-ahead log:
+//! **Admin records.** [`Store::admin_write`] and [`Store::record_audit`] are jobs of the writer
+//! thread, like settlements. An admin write's compare-and-set runs inside the writer's
+//! transaction, in a savepoint of its own: the writer is the file's only writer, so the revision
+//! it reads there is still the record's when it writes. When the record is as the write
+//! expects, the savepoint bumps the version, stores (or deletes) the record at the new version
+//! and appends the audit event, all or nothing; on a conflict it writes nothing. The outcome is
+//! answered once the transaction is committed. The owner keeps the version in memory (loaded
+//! at `open`, raised by the writer after each commit, before it answers), so
+//! [`Store::admin_version`] reads no file; [`Store::admin_records`] reads the version and every
+//! record in one read transaction, and [`Store::audit_events`] reads the log's tail.
+//!
+//! **Durability.** Once `settle`, `record_spend`, `admin_write` or `record_audit` has returned
+//! `Ok`, the change is committed to the SQLite write-ahead log:
 //! - a crash of the Gantry process (panic, `kill -9`, OOM) loses nothing, with either setting;
 //! - a power loss or an operating-system crash: with [`StoreDurability::Full`] (an fsync per
 //!   commit; concurrent commits share one) nothing committed is lost; with
 //!   [`StoreDurability::Normal`] the last commits before the loss may be rolled back (SQLite syncs
 //!   the log only at checkpoints). With both, the file stays consistent: a settlement's counters
-//!   are all committed or none.
+//!   are all committed or none, and so are an admin write's record, version and audit event.
 //!
 //! When a write fails (disk full, file removed), the call returns
 //! [`StoreError::Unavailable`] naming the file and SQLite's error. Memory keeps the new spent
@@ -61,12 +81,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gantry_policy::admin::stored::{
+    AdminRecords, AdminWrite, AuditEvent, Expect, RecordKind, StoredRecord, WriteOutcome,
+};
 use gantry_policy::config::StoreDurability;
 use gantry_policy::governance::ledger::{
     Admission, AdmissionOutcome, CounterState, RateState, Refusal, Settlement, SpendOutcome,
@@ -129,6 +153,22 @@ CREATE TABLE IF NOT EXISTS rate_buckets (
     key TEXT PRIMARY KEY NOT NULL,
     tat_us INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admin_records (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS admin_version (
+    one INTEGER PRIMARY KEY NOT NULL CHECK (one = 1),
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
 ";
 
 /// How often (policy clock) changed rate buckets are written, at most.
@@ -150,6 +190,9 @@ enum Mode {
         state: Box<Mutex<State>>,
         writer: Option<JoinHandle<()>>,
         reader: Reader,
+        /// The admin records' version as last committed; the writer thread, the only writer,
+        /// raises it after each commit of admin writes, before answering them.
+        admin_version: Arc<AtomicU64>,
         /// `<file>.lock`, locked exclusively for as long as this process owns the file.
         _owner_lock: std::fs::File,
     },
@@ -160,7 +203,8 @@ enum Mode {
 impl EmbeddedStore {
     /// Opens (creating it and its parent directories if needed) the store's file and makes this
     /// process its owner: sets WAL journal mode and `synchronous` from `durability`, creates the
-    /// tables if missing, loads every counter's spent amounts and starts the writer thread.
+    /// tables if missing, loads every counter's spent amounts and the admin records' version, and
+    /// starts the writer thread.
     ///
     /// Blocking (it reads the file): call it at start-up or from `spawn_blocking`.
     pub fn open(path: &Path, durability: StoreDurability) -> Result<EmbeddedStore, StoreError> {
@@ -211,18 +255,20 @@ impl EmbeddedStore {
         }
 
         // Every statement is `IF NOT EXISTS`: this adds tables that files made by an earlier
-        // version of the same layout lack (`rate_buckets`).
+        // version of the same layout lack (`rate_buckets`, the admin tables).
         conn.execute_batch(SCHEMA)
             .map_err(|e| sqlite_error(path, "cannot create tables", e))?;
         let counters = load_counters(&conn, path)?;
         let buckets = load_buckets(&conn, path)?;
+        let admin_version = Arc::new(AtomicU64::new(read_admin_version(&conn, path)?));
         let reader = Reader::open(path)?;
 
         let (sender, receiver) = mpsc::channel();
         let writer_path = path.to_path_buf();
+        let writer_version = admin_version.clone();
         let writer = std::thread::Builder::new()
             .name("gantry-store-writer".to_string())
-            .spawn(move || run_writer(conn, &writer_path, receiver))
+            .spawn(move || run_writer(conn, &writer_path, receiver, &writer_version))
             .map_err(|e| {
                 StoreError::Unavailable(format!(
                     "{}: cannot start the writer thread: {e}",
@@ -245,6 +291,7 @@ impl EmbeddedStore {
                 })),
                 writer: Some(writer),
                 reader,
+                admin_version,
                 _owner_lock: owner_lock,
             },
         })
@@ -252,9 +299,11 @@ impl EmbeddedStore {
 
     /// Opens an existing store's file to read it, while the process that owns it (if any) keeps
     /// running. [`Store::spend`] reads the spend log and [`Store::counters`] the spent amounts as
-    /// last committed (reservations live in the owner's memory: they read as zero);
-    /// `admit`, `settle` and `record_spend` fail with [`StoreError::Unavailable`]. A file that
-    /// does not exist is an error (nothing is created).
+    /// last committed (reservations live in the owner's memory: they read as zero); the admin
+    /// records, their version and the audit log read as last committed (a file made before the
+    /// admin tables existed reads as version 0, no records, no events). `admit`, `settle`,
+    /// `record_spend`, `prune_spend`, `admin_write` and `record_audit` fail with
+    /// [`StoreError::Unavailable`]. A file that does not exist is an error (nothing is created).
     pub fn open_read_only(path: &Path) -> Result<EmbeddedStore, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Unavailable(format!(
@@ -295,11 +344,11 @@ impl EmbeddedStore {
         }
     }
 
-    /// Waits for the writer thread's answer to one queued write.
-    async fn written(
+    /// Waits for the writer thread's answer to one queued job.
+    async fn written<T>(
         &self,
-        reply: oneshot::Receiver<Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match reply.await {
             Ok(result) => result,
             Err(_) => Err(writer_stopped(&self.path)),
@@ -405,6 +454,46 @@ impl Store for EmbeddedStore {
                     .await
             }
         }
+    }
+
+    async fn admin_version(&self) -> Result<u64, StoreError> {
+        match &self.mode {
+            // The owner is the only writer: memory holds what was last committed.
+            Mode::Owner { admin_version, .. } => Ok(admin_version.load(Ordering::Acquire)),
+            Mode::ReadOnly { reader } => reader.run(read_admin_version).await,
+        }
+    }
+
+    async fn admin_records(&self) -> Result<AdminRecords, StoreError> {
+        self.reader().run(read_admin_records).await
+    }
+
+    async fn admin_write(&self, write: &AdminWrite) -> Result<WriteOutcome, StoreError> {
+        let row = AdminRow {
+            kind: write.kind,
+            id: write.id.clone(),
+            json: write.json.clone(),
+            expect: write.expect,
+            audit: AuditRow::new(&write.audit, &self.path)?,
+        };
+        let reply = self
+            .owner_state("write admin records")?
+            .queue_admin(&self.path, row)?;
+        self.written(reply).await
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let row = AuditRow::new(event, &self.path)?;
+        let reply = self
+            .owner_state("record audit events")?
+            .queue(&self.path, Work::Audit(row))?;
+        self.written(reply).await
+    }
+
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.reader()
+            .run(move |conn, path| read_audit_events(conn, path, limit))
+            .await
     }
 }
 
@@ -763,7 +852,7 @@ impl State {
         if forgot_window {
             if let Some(writer) = &self.writer {
                 // Nobody waits for this write; a failure is logged by the writer.
-                let _ = writer.send(Job {
+                let _ = writer.send(Job::Write {
                     work: Work::Forget { before_ms },
                     reply: None,
                 });
@@ -787,7 +876,7 @@ impl State {
             .filter(|(_, tat)| **tat > now_us)
             .map(|(key, tat)| (key.clone(), *tat))
             .collect();
-        let _ = writer.send(Job {
+        let _ = writer.send(Job::Write {
             work: Work::Buckets(running),
             reply: None,
         });
@@ -802,12 +891,31 @@ impl State {
         work: Work,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            work,
-            reply: Some(reply),
-        };
+        self.send(
+            path,
+            Job::Write {
+                work,
+                reply: Some(reply),
+            },
+        )?;
+        Ok(answer)
+    }
+
+    /// Queues an admin write; the receiver answers with its outcome once it is committed (or
+    /// with the error that kept it from being committed).
+    fn queue_admin(
+        &self,
+        path: &Path,
+        row: AdminRow,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(path, Job::Admin { row, reply })?;
+        Ok(answer)
+    }
+
+    fn send(&self, path: &Path, job: Job) -> Result<(), StoreError> {
         match &self.writer {
-            Some(writer) if writer.send(job).is_ok() => Ok(answer),
+            Some(writer) if writer.send(job).is_ok() => Ok(()),
             _ => Err(writer_stopped(path)),
         }
     }
@@ -816,9 +924,19 @@ impl State {
 // ---------------------------------------------------------------------------------------------
 // Disk: the writer thread
 
-struct Job {
-    work: Work,
-    reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+enum Job {
+    /// A write; `reply` (when someone waits) answers once it is committed.
+    Write {
+        work: Work,
+        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    /// An admin write: its compare-and-set runs inside the writer's transaction (the writer is
+    /// the only writer, so what it reads there cannot change before it writes); `reply` gets
+    /// the outcome once the transaction is committed.
+    Admin {
+        row: AdminRow,
+        reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    },
 }
 
 enum Work {
@@ -835,6 +953,8 @@ enum Work {
     PruneSpend {
         before_ms: i64,
     },
+    /// Appends an audit event that changes no admin record.
+    Audit(AuditRow),
 }
 
 struct CounterRow {
@@ -874,9 +994,108 @@ impl SpendRow {
     }
 }
 
+/// An [`AuditEvent`] as stored: its JSON, and its time for queries by hand.
+struct AuditRow {
+    time_ms: i64,
+    json: String,
+}
+
+impl AuditRow {
+    fn new(event: &AuditEvent, path: &Path) -> Result<AuditRow, StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}: cannot encode audit event {:?}: {e}",
+                path.display(),
+                event.action
+            ))
+        })?;
+        Ok(AuditRow {
+            time_ms: event.time_ms,
+            json,
+        })
+    }
+}
+
+/// An [`AdminWrite`], its audit event encoded.
+struct AdminRow {
+    kind: RecordKind,
+    id: String,
+    json: Option<String>,
+    expect: Expect,
+    audit: AuditRow,
+}
+
+/// What the writer answers for one job once its transaction has ended.
+enum Answer {
+    Write {
+        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+        result: Result<(), StoreError>,
+    },
+    Admin {
+        reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+        result: Result<WriteOutcome, StoreError>,
+    },
+}
+
+impl Answer {
+    /// The admin version this job wrote, if it is an admin write that was written.
+    fn admin_version(&self) -> Option<u64> {
+        match self {
+            Answer::Admin {
+                result: Ok(WriteOutcome::Written { version }),
+                ..
+            } => Some(*version),
+            _ => None,
+        }
+    }
+
+    /// The transaction did not commit: nothing of this job was written.
+    fn failed(self, message: &str) -> Answer {
+        let error = StoreError::Unavailable(message.to_string());
+        match self {
+            Answer::Write { reply, .. } => Answer::Write {
+                reply,
+                result: Err(error),
+            },
+            Answer::Admin { reply, .. } => Answer::Admin {
+                reply,
+                result: Err(error),
+            },
+        }
+    }
+
+    fn send(self) {
+        // A caller may have stopped waiting; the job is done (or failed) either way.
+        match self {
+            Answer::Write {
+                reply: Some(reply),
+                result,
+            } => {
+                let _ = reply.send(result);
+            }
+            Answer::Write {
+                reply: None,
+                result,
+            } => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "store write failed");
+                }
+            }
+            Answer::Admin { reply, result } => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
 /// Runs until every sender is gone: takes what is queued (up to [`MAX_BATCH`]), writes it in one
 /// transaction (one commit, one fsync with `Full`), then answers each job.
-fn run_writer(mut conn: Connection, path: &Path, jobs: mpsc::Receiver<Job>) {
+fn run_writer(
+    mut conn: Connection,
+    path: &Path,
+    jobs: mpsc::Receiver<Job>,
+    admin_version: &AtomicU64,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -885,57 +1104,95 @@ fn run_writer(mut conn: Connection, path: &Path, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        write_batch(&mut conn, path, batch);
+        write_batch(&mut conn, path, batch, admin_version);
     }
 }
 
-fn write_batch(conn: &mut Connection, path: &Path, batch: Vec<Job>) {
-    let (works, replies): (Vec<Work>, Vec<_>) =
-        batch.into_iter().map(|job| (job.work, job.reply)).unzip();
-    let results = match write_works(conn, path, &works) {
-        Ok(results) => results,
+/// One transaction; each job in a savepoint of its own, so one failing job fails only itself.
+/// When the transaction cannot begin or commit, nothing was written and every job fails. Once
+/// committed, the admin version in memory is raised to the last one written, then every job is
+/// answered.
+fn write_batch(conn: &mut Connection, path: &Path, batch: Vec<Job>, admin_version: &AtomicU64) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
         Err(e) => {
             let message = sqlite_message(path, "cannot commit", &e);
             tracing::error!(error = %message, "store write failed");
-            works
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(message.clone())))
-                .collect()
+            for job in batch {
+                job.failed(&message).send();
+            }
+            return;
         }
     };
-    for (reply, result) in replies.into_iter().zip(results) {
-        match reply {
-            Some(reply) => {
-                // The caller may have stopped waiting; the write is done either way.
-                let _ = reply.send(result);
+    let answers: Vec<Answer> = batch
+        .into_iter()
+        .map(|job| run_job(&mut tx, path, job))
+        .collect();
+    match tx.commit() {
+        Ok(()) => {
+            if let Some(version) = answers.iter().filter_map(Answer::admin_version).max() {
+                admin_version.fetch_max(version, Ordering::AcqRel);
             }
-            None => {
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "store write failed");
-                }
+            for answer in answers {
+                answer.send();
+            }
+        }
+        Err(e) => {
+            let message = sqlite_message(path, "cannot commit", &e);
+            tracing::error!(error = %message, "store write failed");
+            for answer in answers {
+                answer.failed(&message).send();
             }
         }
     }
 }
 
-/// One transaction; each work in a savepoint of its own, so one failing work fails only itself.
-/// `Err` when the transaction could not begin or commit (then nothing was written).
-fn write_works(
-    conn: &mut Connection,
-    path: &Path,
-    works: &[Work],
-) -> rusqlite::Result<Vec<Result<(), StoreError>>> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(works.len());
-    for work in works {
-        let result = tx.savepoint().and_then(|savepoint| {
-            write_work(&savepoint, work)?;
-            savepoint.commit()
-        });
-        results.push(result.map_err(|e| sqlite_error(path, work.describe(), e)));
+impl Job {
+    /// Its answer when the transaction could not begin: nothing was written.
+    fn failed(self, message: &str) -> Answer {
+        let error = StoreError::Unavailable(message.to_string());
+        match self {
+            Job::Write { reply, .. } => Answer::Write {
+                reply,
+                result: Err(error),
+            },
+            Job::Admin { reply, .. } => Answer::Admin {
+                reply,
+                result: Err(error),
+            },
+        }
     }
-    tx.commit()?;
-    Ok(results)
+}
+
+/// Runs one job in a savepoint of `tx`: committed into the transaction when it succeeds,
+/// rolled back when it fails (or, for an admin write, when it finds a conflict).
+fn run_job(tx: &mut rusqlite::Transaction<'_>, path: &Path, job: Job) -> Answer {
+    match job {
+        Job::Write { work, reply } => {
+            let result = tx.savepoint().and_then(|savepoint| {
+                write_work(&savepoint, &work)?;
+                savepoint.commit()
+            });
+            Answer::Write {
+                reply,
+                result: result.map_err(|e| sqlite_error(path, work.describe(), e)),
+            }
+        }
+        Job::Admin { row, reply } => {
+            let result = tx.savepoint().and_then(|savepoint| {
+                let outcome = write_admin(&savepoint, &row)?;
+                // A conflict wrote nothing; dropping the savepoint rolls it back all the same.
+                if matches!(outcome, WriteOutcome::Written { .. }) {
+                    savepoint.commit()?;
+                }
+                Ok(outcome)
+            });
+            Answer::Admin {
+                reply,
+                result: result.map_err(|e| row_error(path, "cannot write an admin record", e)),
+            }
+        }
+    }
 }
 
 impl Work {
@@ -946,6 +1203,7 @@ impl Work {
             Work::Forget { .. } => "cannot delete ended counters",
             Work::Buckets(_) => "cannot store rate buckets",
             Work::PruneSpend { .. } => "cannot prune the spend log",
+            Work::Audit(_) => "cannot append to the audit log",
         }
     }
 }
@@ -1015,8 +1273,73 @@ fn write_work(conn: &Connection, work: &Work) -> rusqlite::Result<()> {
                 insert.execute((key, tat_us))?;
             }
         }
+        Work::Audit(row) => append_audit(conn, row)?,
     }
     Ok(())
+}
+
+fn append_audit(conn: &Connection, row: &AuditRow) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO audit_log (time_ms, json) VALUES (?1, ?2)")?
+        .execute((row.time_ms, &row.json))?;
+    Ok(())
+}
+
+/// An admin write's compare-and-set, version bump, record change and audit event. On a
+/// conflict it writes nothing.
+fn write_admin(conn: &Connection, row: &AdminRow) -> rusqlite::Result<WriteOutcome> {
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT revision FROM admin_records WHERE kind = ?1 AND id = ?2")?
+        .query_row((row.kind.as_str(), &row.id), |r| r.get(0))
+        .optional()?;
+    let current = current.map(|revision| unsigned(0, revision)).transpose()?;
+    let expected = match row.expect {
+        Expect::Absent => current.is_none(),
+        Expect::Revision(revision) => current == Some(revision),
+    };
+    if !expected {
+        return Ok(WriteOutcome::Conflict { current });
+    }
+    let version = stored_admin_version(conn)?;
+    let next = version
+        .checked_add(1)
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, version))?;
+    conn.prepare_cached(
+        "INSERT INTO admin_version (one, version) VALUES (1, ?1)
+         ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+    )?
+    .execute([next])?;
+    match &row.json {
+        Some(json) => {
+            conn.prepare_cached(
+                "INSERT INTO admin_records (kind, id, revision, json) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision,
+                     json = excluded.json",
+            )?
+            .execute((row.kind.as_str(), &row.id, next, json))?;
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM admin_records WHERE kind = ?1 AND id = ?2")?
+                .execute((row.kind.as_str(), &row.id))?;
+        }
+    }
+    append_audit(conn, &row.audit)?;
+    Ok(WriteOutcome::Written {
+        version: unsigned(0, next)?,
+    })
+}
+
+/// A stored integer that must not be negative.
+fn unsigned(column: usize, value: i64) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
+}
+
+/// The version row's value; 0 when there is none (no admin write yet).
+fn stored_admin_version(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT version FROM admin_version WHERE one = 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1130,6 +1453,90 @@ fn read_counters(
             .collect()
     };
     read().map_err(|e| row_error(path, "cannot read counters", e))
+}
+
+/// Whether the file has `table` (a file made before the admin tables existed, read by a
+/// read-only store, has not).
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists([table])
+}
+
+fn read_admin_version(conn: &Connection, path: &Path) -> Result<u64, StoreError> {
+    let read = || -> rusqlite::Result<u64> {
+        if !has_table(conn, "admin_version")? {
+            return Ok(0);
+        }
+        unsigned(0, stored_admin_version(conn)?)
+    };
+    read().map_err(|e| row_error(path, "cannot read the admin version", e))
+}
+
+/// The version and every record, in one read transaction (one snapshot of the file), sorted by
+/// kind then id.
+fn read_admin_records(conn: &Connection, path: &Path) -> Result<AdminRecords, StoreError> {
+    let read = || -> rusqlite::Result<AdminRecords> {
+        let tx = conn.unchecked_transaction()?;
+        if !has_table(&tx, "admin_records")? || !has_table(&tx, "admin_version")? {
+            return Ok(AdminRecords::default());
+        }
+        let version = unsigned(0, stored_admin_version(&tx)?)?;
+        let mut select = tx.prepare_cached("SELECT kind, id, revision, json FROM admin_records")?;
+        let rows = select.query_map([], |row| {
+            let kind: String = row.get(0)?;
+            let kind = RecordKind::parse(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("unknown record kind {kind:?}").into(),
+                )
+            })?;
+            Ok(StoredRecord {
+                kind,
+                id: row.get(1)?,
+                revision: unsigned(2, row.get(2)?)?,
+                json: row.get(3)?,
+            })
+        })?;
+        let mut records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        drop(select);
+        tx.finish()?;
+        records.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        Ok(AdminRecords { version, records })
+    };
+    read().map_err(|e| row_error(path, "cannot read the admin records", e))
+}
+
+/// The newest `limit` audit events, oldest first.
+fn read_audit_events(
+    conn: &Connection,
+    path: &Path,
+    limit: usize,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let read = || -> rusqlite::Result<Vec<String>> {
+        if limit == 0 || !has_table(conn, "audit_log")? {
+            return Ok(Vec::new());
+        }
+        let mut select = conn.prepare_cached(
+            "SELECT json FROM (SELECT id, json FROM audit_log ORDER BY id DESC LIMIT ?1)
+             ORDER BY id",
+        )?;
+        let rows =
+            select.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| row.get(0))?;
+        rows.collect()
+    };
+    let lines = read().map_err(|e| row_error(path, "cannot read the audit log", e))?;
+    lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "{}: cannot read the audit log: unreadable event {line:?}: {e}",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 fn read_spend(
@@ -1488,6 +1895,43 @@ mod tests {
     async fn conformance_settling_twice_charges_once() {
         let (_dir, store) = fresh();
         conformance::settling_twice_charges_once(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_fresh_store_starts_at_zero() {
+        let (_dir, store) = fresh();
+        conformance::admin_fresh_store_starts_at_zero(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_write_creates_a_record() {
+        let (_dir, store) = fresh();
+        conformance::admin_write_creates_a_record(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_writes_compare_and_set() {
+        let (_dir, store) = fresh();
+        conformance::admin_writes_compare_and_set(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_audit_log_keeps_every_event() {
+        let (_dir, store) = fresh();
+        conformance::admin_audit_log_keeps_every_event(&store, "t:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_concurrent_writes_one_wins() {
+        let (_dir, store) = fresh();
+        conformance::admin_concurrent_writes_one_wins(&store, "t:").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_admin_concurrent_writes_across_tasks() {
+        let (_dir, store) = fresh();
+        let store: Arc<dyn Store> = Arc::new(store);
+        conformance::admin_concurrent_writes_across_tasks(store, "t:").await;
     }
 
     /// All checks in one store, with `durability: full`, then again after a restart under a
@@ -2085,5 +2529,275 @@ mod tests {
         };
         // Fits only if the given-back half reached the disk.
         admit_ok(&store, &admission(now, vec![], vec![half_minute])).await;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Admin records
+
+    fn audit_event(action: &str, target: &str) -> AuditEvent {
+        AuditEvent {
+            time_ms: now_ms(),
+            actor: "root".to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail: "{}".to_string(),
+            peer: "127.0.0.1:1".to_string(),
+            replica: "r1".to_string(),
+        }
+    }
+
+    fn admin_put(kind: RecordKind, id: &str, json: &str, expect: Expect) -> AdminWrite {
+        AdminWrite {
+            kind,
+            id: id.to_string(),
+            json: Some(json.to_string()),
+            expect,
+            audit: audit_event("set", id),
+        }
+    }
+
+    async fn written(store: &EmbeddedStore, write: &AdminWrite) -> u64 {
+        match store.admin_write(write).await.expect("admin write") {
+            WriteOutcome::Written { version } => version,
+            other => panic!("{write:?}: {other:?}"),
+        }
+    }
+
+    /// Everything a reader of the admin API sees.
+    async fn admin_state(store: &EmbeddedStore) -> (u64, AdminRecords, Vec<AuditEvent>) {
+        (
+            store.admin_version().await.expect("admin version"),
+            store.admin_records().await.expect("admin records"),
+            store.audit_events(usize::MAX).await.expect("audit events"),
+        )
+    }
+
+    /// Records, version and audit log are in the file: a restart (and a read-only store) reads
+    /// them back as they were, and the next write continues the version.
+    #[tokio::test]
+    async fn admin_records_and_audit_survive_reopening() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_in(&dir);
+        written(
+            &store,
+            &admin_put(RecordKind::Key, "alice", r#"{"a":1}"#, Expect::Absent),
+        )
+        .await;
+        written(
+            &store,
+            &admin_put(RecordKind::Key, "bob", r#"{"b":1}"#, Expect::Absent),
+        )
+        .await;
+        written(
+            &store,
+            &admin_put(RecordKind::Budget, "team", r#"{"usd":5}"#, Expect::Absent),
+        )
+        .await;
+        written(
+            &store,
+            &admin_put(RecordKind::Key, "alice", r#"{"a":2}"#, Expect::Revision(1)),
+        )
+        .await;
+        let removed = AdminWrite {
+            json: None,
+            ..admin_put(RecordKind::Key, "bob", "", Expect::Revision(2))
+        };
+        assert_eq!(written(&store, &removed).await, 5);
+        store
+            .record_audit(&audit_event("config.reload", "config"))
+            .await
+            .expect("record audit");
+        let before = admin_state(&store).await;
+        assert_eq!(before.0, 5);
+        assert_eq!(before.1.version, 5);
+        assert_eq!(
+            before
+                .1
+                .records
+                .iter()
+                .map(|r| (r.kind, r.id.as_str(), r.revision, r.json.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                (RecordKind::Key, "alice", 4, r#"{"a":2}"#),
+                (RecordKind::Budget, "team", 3, r#"{"usd":5}"#),
+            ]
+        );
+        assert_eq!(before.2.len(), 6);
+        let path = store.path().to_path_buf();
+        drop(store);
+
+        let store = open_at(&path);
+        assert_eq!(admin_state(&store).await, before, "after reopening");
+        let reader = EmbeddedStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(admin_state(&reader).await, before, "read-only");
+        assert_eq!(
+            store
+                .admin_write(&admin_put(
+                    RecordKind::Key,
+                    "alice",
+                    "{}",
+                    Expect::Revision(1)
+                ))
+                .await
+                .expect("admin write"),
+            WriteOutcome::Conflict { current: Some(4) },
+            "revisions survive too"
+        );
+        assert_eq!(
+            written(
+                &store,
+                &admin_put(RecordKind::Key, "alice", "{}", Expect::Revision(4))
+            )
+            .await,
+            6,
+            "the version continues"
+        );
+        assert_eq!(reader.admin_version().await.expect("admin version"), 6);
+    }
+
+    /// A file made before the admin tables existed (same layout number, without them): a
+    /// read-only store reads version 0 and nothing else; the owner adds the tables and writes.
+    #[tokio::test]
+    async fn a_file_without_admin_tables_reads_version_zero() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("older.db");
+        let store = open_at(&path);
+        store
+            .record_spend(&[spend_record(1, "kept", 3)])
+            .await
+            .expect("record spend");
+        drop(store);
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "DROP TABLE admin_records; DROP TABLE admin_version; DROP TABLE audit_log;",
+        )
+        .expect("drop the admin tables");
+        drop(conn);
+
+        let reader = EmbeddedStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(
+            admin_state(&reader).await,
+            (0, AdminRecords::default(), vec![])
+        );
+
+        let store = open_at(&path);
+        assert_eq!(
+            admin_state(&store).await,
+            (0, AdminRecords::default(), vec![])
+        );
+        assert_eq!(
+            store
+                .spend(&SpendQuery::default())
+                .await
+                .expect("spend")
+                .len(),
+            1,
+            "the rest of the file is as it was"
+        );
+        assert_eq!(
+            written(
+                &store,
+                &admin_put(RecordKind::Key, "k", "{}", Expect::Absent)
+            )
+            .await,
+            1
+        );
+        // The reader opened before the tables existed sees them now.
+        assert_eq!(reader.admin_version().await.expect("admin version"), 1);
+        assert_eq!(
+            reader.audit_events(10).await.expect("audit events").len(),
+            1
+        );
+    }
+
+    /// A read-only store reads the owner's admin records as committed and refuses to write them.
+    #[tokio::test]
+    async fn read_only_reads_admin_records_and_refuses_writes() {
+        let (_dir, owner) = fresh();
+        written(
+            &owner,
+            &admin_put(RecordKind::Key, "k", "{}", Expect::Absent),
+        )
+        .await;
+        let reader = EmbeddedStore::open_read_only(owner.path()).expect("open read-only");
+        assert_eq!(admin_state(&reader).await, admin_state(&owner).await);
+
+        let path = owner.path().display().to_string();
+        let write = admin_put(RecordKind::Key, "k", "{}", Expect::Revision(1));
+        let message = unavailable_message(reader.admin_write(&write).await);
+        assert!(message.contains("read-only"), "{message}");
+        assert!(message.contains(&path), "{message}");
+        let message = unavailable_message(
+            reader
+                .record_audit(&audit_event("config.reload", "c"))
+                .await,
+        );
+        assert!(message.contains("read-only"), "{message}");
+
+        written(&owner, &write).await;
+        assert_eq!(admin_state(&reader).await, admin_state(&owner).await);
+        assert_eq!(reader.admin_version().await.expect("admin version"), 2);
+    }
+
+    /// An admin write the file refuses fails with the file's name and SQLite's error and writes
+    /// nothing: no record, no version bump (in memory or on disk), no audit event.
+    #[tokio::test]
+    async fn a_failed_admin_write_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin-fail.db");
+        let store = open_at(&path);
+        written(
+            &store,
+            &admin_put(RecordKind::Key, "k", "{}", Expect::Absent),
+        )
+        .await;
+        let before = admin_state(&store).await;
+
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("ALTER TABLE audit_log RENAME TO audit_away")
+            .expect("rename");
+        let update = admin_put(RecordKind::Key, "k", r#"{"new":1}"#, Expect::Revision(1));
+        let message = unavailable_message(store.admin_write(&update).await);
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("no such table"), "{message}");
+        let create = admin_put(RecordKind::Budget, "b", "{}", Expect::Absent);
+        unavailable_message(store.admin_write(&create).await);
+        unavailable_message(store.record_audit(&audit_event("config.reload", "c")).await);
+        conn.execute_batch("ALTER TABLE audit_away RENAME TO audit_log")
+            .expect("rename back");
+        assert_eq!(admin_state(&store).await, before, "nothing was written");
+
+        assert_eq!(written(&store, &update).await, 2, "the next version is 2");
+        drop(store);
+        let store = open_at(&path);
+        let (version, records, events) = admin_state(&store).await;
+        assert_eq!(version, 2);
+        assert_eq!(records.records.len(), 1);
+        assert_eq!(events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn unreadable_admin_rows_are_corrupt() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin-rows.db");
+        let store = open_at(&path);
+        written(
+            &store,
+            &admin_put(RecordKind::Key, "k", "{}", Expect::Absent),
+        )
+        .await;
+        let conn = Connection::open(&path).expect("open");
+        conn.execute("UPDATE admin_records SET kind = 'teleported'", [])
+            .expect("update");
+        let message = corrupt_message(store.admin_records().await);
+        assert!(message.contains("teleported"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        conn.execute("UPDATE admin_records SET kind = 'key', revision = -1", [])
+            .expect("update");
+        corrupt_message(store.admin_records().await);
+        conn.execute("UPDATE audit_log SET json = 'not json'", [])
+            .expect("update");
+        let message = corrupt_message(store.audit_events(10).await);
+        assert!(message.contains("not json"), "{message}");
     }
 }

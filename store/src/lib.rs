@@ -14,6 +14,7 @@
 //! remembers what the policy computed.
 
 use async_trait::async_trait;
+use gantry_policy::admin::stored::{AdminRecords, AdminWrite, AuditEvent, WriteOutcome};
 use gantry_policy::governance::ledger::{
     Admission, AdmissionOutcome, Settlement, SpendQuery, SpendRecord,
 };
@@ -71,4 +72,22 @@ pub trait Store: Send + Sync + 'static {
         &self,
         keys: &[String],
     ) -> Result<Vec<gantry_policy::governance::ledger::CounterState>, StoreError>;
+
+    /// The admin records' version: 0 before the first write, then one more per write. Cheap:
+    /// every replica polls it.
+    async fn admin_version(&self) -> Result<u64, StoreError>;
+
+    /// Every admin record, with the version they were read at (one consistent read).
+    async fn admin_records(&self) -> Result<AdminRecords, StoreError>;
+
+    /// Writes (or deletes) one admin record if it is as `write.expect` says, bumping the
+    /// version and appending the audit event, all in one atomic step; durable when it returns
+    /// (as settlements are). A conflict writes nothing.
+    async fn admin_write(&self, write: &AdminWrite) -> Result<WriteOutcome, StoreError>;
+
+    /// Appends an audit event that changes no record (a config reload).
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// The newest `limit` audit events, oldest first.
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }

@@ -20,6 +20,10 @@
 //! | `P:rate:K` | string | the GCRA bucket's TAT, µs since the epoch | once idle, after one more period |
 //! | `P:settled:R` | string | `1`: reservation `R` ([`Settlement::reservation`]) was settled | 1 hour after its settlement (`SETTLED_TTL_MS`) |
 //! | `P:spend` | list | the spend log: one JSON [`SpendRecord`] per element, in write order | never; [`Store::prune_spend`] deletes old records near its head |
+//! | `P:admin:version` | string | the admin records' version, a decimal integer (missing: 0) | never |
+//! | `P:admin:records` | hash | `<kind>/<id>` ([`RecordKind::as_str`], the record's id) → the record's JSON | never |
+//! | `P:admin:revisions` | hash | `<kind>/<id>` → the record's revision (the version that last wrote it) | never |
+//! | `P:admin:audit` | list | the audit log: one JSON [`AuditEvent`] per element, in write order | never (not trimmed) |
 //!
 //! `reserved_*` is always the sum of the amounts in `P:held:K` of the ids in `P:lease:K`. An
 //! admission first drops the reservations of its counters whose lease ended (score ≤ now) and
@@ -50,6 +54,24 @@
 //! grows with the log, which only [`Store::prune_spend`] trims (near its head); a log big enough
 //! to take longer than the timeout to read cannot be queried.
 //!
+//! # Admin records
+//!
+//! The admin records, their version and the audit log live under `P:admin:`: one version per
+//! key prefix, so replicas with the same prefix share them. [`Store::admin_write`] is one Lua
+//! script (`redis/admin_write.lua`): it compares the record's revision in `P:admin:revisions`
+//! with the write's [`Expect`] (as strings, exactly), and only when they match `INCR`s
+//! `P:admin:version`, sets (or deletes) the record in both hashes at the new version and
+//! appends the audit event to `P:admin:audit`; a conflict changes nothing. A field's kind holds
+//! no `/`, so the first `/` of `<kind>/<id>` ends it whatever the id holds.
+//! [`Store::admin_version`] is one `GET` (replicas poll it); [`Store::admin_records`] reads the
+//! version and both hashes in one `MULTI`/`EXEC`, so it sees the state between two writes.
+//! [`Store::record_audit`] is one `RPUSH`; [`Store::audit_events`] one `LRANGE` of the list's
+//! tail.
+//!
+//! An admin write that timed out may have been applied (see below): its retry with the same
+//! [`Expect`] then finds the record at the new revision and gets a
+//! [`WriteOutcome::Conflict`], and the caller reads the records again.
+//!
 //! # Connection
 //!
 //! [`RedisStore::new`] only parses the URL: Gantry starts while Redis is down. The connection
@@ -74,6 +96,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+use gantry_policy::admin::stored::{
+    AdminRecords, AdminWrite, AuditEvent, Expect, RecordKind, StoredRecord, WriteOutcome,
+};
 use gantry_policy::governance::ledger::{
     Admission, AdmissionOutcome, CounterState, RateState, Refusal, Settlement, SpendQuery,
     SpendRecord,
@@ -106,6 +131,7 @@ const ADMIT_LUA: &str = include_str!("redis/admit.lua");
 const SETTLE_LUA: &str = include_str!("redis/settle.lua");
 const COUNTERS_LUA: &str = include_str!("redis/counters.lua");
 const PRUNE_LUA: &str = include_str!("redis/prune.lua");
+const ADMIN_WRITE_LUA: &str = include_str!("redis/admin_write.lua");
 /// Spend records one pruning script looks at (so Redis is never blocked for long): old records
 /// are found among the first this many of the list, repeatedly while it finds some.
 const PRUNE_BATCH: i64 = 1_000;
@@ -128,6 +154,7 @@ pub struct RedisStore {
     settle_script: Script,
     counters_script: Script,
     prune_script: Script,
+    admin_write_script: Script,
 }
 
 /// A failed connection attempt, shared with the calls that waited for it.
@@ -210,6 +237,7 @@ impl RedisStore {
             settle_script: Script::new(SETTLE_LUA),
             counters_script: Script::new(COUNTERS_LUA),
             prune_script: Script::new(PRUNE_LUA),
+            admin_write_script: Script::new(ADMIN_WRITE_LUA),
         })
     }
 
@@ -235,6 +263,22 @@ impl RedisStore {
 
     fn spend_key(&self) -> String {
         format!("{}spend", self.prefix)
+    }
+
+    fn admin_version_key(&self) -> String {
+        format!("{}admin:version", self.prefix)
+    }
+
+    fn admin_records_key(&self) -> String {
+        format!("{}admin:records", self.prefix)
+    }
+
+    fn admin_revisions_key(&self) -> String {
+        format!("{}admin:revisions", self.prefix)
+    }
+
+    fn audit_key(&self) -> String {
+        format!("{}admin:audit", self.prefix)
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -390,6 +434,89 @@ fn counter_state(values: &[i64]) -> CounterState {
         reserved_nanos: values[2],
         reserved_tokens: values[3],
     }
+}
+
+/// A record's field in `P:admin:records` and `P:admin:revisions`: `<kind>/<id>` (a kind has no
+/// `/`, so the first one ends it whatever the id holds).
+fn record_field(kind: RecordKind, id: &str) -> String {
+    format!("{}/{id}", kind.as_str())
+}
+
+/// A stored version or revision.
+fn version_number(text: &str, what: &str) -> Result<u64, StoreError> {
+    text.parse::<u64>()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: `{text}` is not a version")))
+}
+
+/// The version key's value: 0 when it is missing (no admin write yet).
+fn admin_version_value(value: Value) -> Result<u64, StoreError> {
+    let text: Option<String> = redis::from_redis_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("admin version: {e}")))?;
+    text.map_or(Ok(0), |text| version_number(&text, "admin version"))
+}
+
+/// Reads the records and revisions hashes into records sorted by kind, then id.
+fn stored_records(records: Value, revisions: Value) -> Result<Vec<StoredRecord>, StoreError> {
+    let hash = |value: Value, what: &str| {
+        redis::from_redis_value::<std::collections::HashMap<String, String>>(value)
+            .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    };
+    let records = hash(records, "admin records")?;
+    let mut revisions = hash(revisions, "admin revisions")?;
+    let mut stored = Vec::with_capacity(records.len());
+    for (field, json) in records {
+        let parsed = field
+            .split_once('/')
+            .and_then(|(kind, id)| RecordKind::parse(kind).map(|kind| (kind, id.to_string())));
+        let Some((kind, id)) = parsed else {
+            return Err(StoreError::Corrupt(format!(
+                "admin records: field `{field}` is not `<kind>/<id>`"
+            )));
+        };
+        let Some(revision) = revisions.remove(&field) else {
+            return Err(StoreError::Corrupt(format!(
+                "admin records: `{field}` has no revision"
+            )));
+        };
+        stored.push(StoredRecord {
+            kind,
+            id,
+            revision: version_number(&revision, "admin revisions")?,
+            json,
+        });
+    }
+    if let Some(field) = revisions.keys().next() {
+        return Err(StoreError::Corrupt(format!(
+            "admin revisions: `{field}` has no record"
+        )));
+    }
+    stored.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+    Ok(stored)
+}
+
+/// Reads the admin write script's reply.
+fn write_outcome(reply: Value) -> Result<WriteOutcome, StoreError> {
+    let strings: Vec<String> = redis::from_redis_value(reply)
+        .map_err(|e| StoreError::Corrupt(format!("admin write reply: {e}")))?;
+    match strings.as_slice() {
+        [status, version] if status == "written" => Ok(WriteOutcome::Written {
+            version: version_number(version, "admin write reply")?,
+        }),
+        [status, current] if status == "conflict" => Ok(WriteOutcome::Conflict {
+            current: match current.as_str() {
+                "" => None,
+                revision => Some(version_number(revision, "admin write reply")?),
+            },
+        }),
+        [status, why] if status == "corrupt" => Err(StoreError::Corrupt(why.clone())),
+        other => Err(StoreError::Corrupt(format!(
+            "admin write reply: unexpected {other:?}"
+        ))),
+    }
+}
+
+fn audit_json(event: &AuditEvent) -> Result<String, StoreError> {
+    serde_json::to_string(event).map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
 }
 
 /// Reads the admission script's reply.
@@ -597,6 +724,86 @@ impl Store for RedisStore {
         }
         Ok(values.chunks_exact(4).map(counter_state).collect())
     }
+
+    async fn admin_version(&self) -> Result<u64, StoreError> {
+        let mut command = redis::cmd("GET");
+        command.arg(self.admin_version_key());
+        let value: Value = self
+            .run(|mut connection| async move { command.query_async(&mut connection).await })
+            .await?;
+        admin_version_value(value)
+    }
+
+    async fn admin_records(&self) -> Result<AdminRecords, StoreError> {
+        // MULTI/EXEC: the three reads see one state, between two admin writes.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GET")
+            .arg(self.admin_version_key())
+            .cmd("HGETALL")
+            .arg(self.admin_records_key())
+            .cmd("HGETALL")
+            .arg(self.admin_revisions_key());
+        let (version, records, revisions): (Value, Value, Value) = self
+            .run(|mut connection| async move { pipe.query_async(&mut connection).await })
+            .await?;
+        Ok(AdminRecords {
+            version: admin_version_value(version)?,
+            records: stored_records(records, revisions)?,
+        })
+    }
+
+    async fn admin_write(&self, write: &AdminWrite) -> Result<WriteOutcome, StoreError> {
+        let audit = audit_json(&write.audit)?;
+        let mut invocation = self.admin_write_script.prepare_invoke();
+        invocation
+            .key(self.admin_version_key())
+            .key(self.admin_records_key())
+            .key(self.admin_revisions_key())
+            .key(self.audit_key())
+            .arg(record_field(write.kind, &write.id))
+            .arg(match write.expect {
+                Expect::Absent => "absent".to_string(),
+                Expect::Revision(revision) => revision.to_string(),
+            })
+            .arg(audit);
+        if let Some(json) = &write.json {
+            invocation.arg(json);
+        }
+        let reply: Value = self
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        write_outcome(reply)
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut command = redis::cmd("RPUSH");
+        command.arg(self.audit_key()).arg(audit_json(event)?);
+        self.run(
+            |mut connection| async move { command.query_async::<Value>(&mut connection).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let newest = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut command = redis::cmd("LRANGE");
+        command.arg(self.audit_key()).arg(-newest).arg(-1);
+        let lines: Vec<Vec<u8>> = self
+            .run(|mut connection| async move { command.query_async(&mut connection).await })
+            .await?;
+        lines
+            .iter()
+            .map(|line| {
+                serde_json::from_slice(line)
+                    .map_err(|e| StoreError::Corrupt(format!("audit log entry: {e}")))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -604,6 +811,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use gantry_policy::admin::stored::{
+        AdminWrite, AuditEvent, Expect, RecordKind, StoredRecord, WriteOutcome,
+    };
     use gantry_policy::governance::ledger::{
         Admission, BudgetCharge, BudgetSettle, CounterState, RateCharge, Refusal, ReservationId,
         Settlement, SpendQuery,
@@ -633,9 +843,19 @@ mod tests {
     }
 
     fn store_with(url: &str, timeout: Duration) -> RedisStore {
-        match RedisStore::new(url, "gantry-test", timeout) {
+        prefixed(url, "gantry-test", timeout)
+    }
+
+    /// A store on `redis` whose keys are all under `key_prefix:`: admin records and their
+    /// version are per key prefix, so each admin check gets a prefix of its own.
+    fn store_under(redis: &RedisServer, key_prefix: &str) -> RedisStore {
+        prefixed(&redis.url(), key_prefix, UP_TIMEOUT)
+    }
+
+    fn prefixed(url: &str, key_prefix: &str, timeout: Duration) -> RedisStore {
+        match RedisStore::new(url, key_prefix, timeout) {
             Ok(store) => store,
-            Err(e) => panic!("RedisStore::new({url}): {e}"),
+            Err(e) => panic!("RedisStore::new({url}, {key_prefix}): {e}"),
         }
     }
 
@@ -807,6 +1027,75 @@ mod tests {
         conformance::settling_twice_charges_once(&store(&redis), "c:").await;
     }
 
+    #[tokio::test]
+    async fn conformance_admin_fresh_store_starts_at_zero() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-fresh");
+        conformance::admin_fresh_store_starts_at_zero(&store, "c:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_write_creates_a_record() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-create");
+        conformance::admin_write_creates_a_record(&store, "c:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_writes_compare_and_set() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-cas");
+        conformance::admin_writes_compare_and_set(&store, "c:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_audit_log_keeps_every_event() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-audit");
+        conformance::admin_audit_log_keeps_every_event(&store, "c:").await;
+    }
+
+    #[tokio::test]
+    async fn conformance_admin_concurrent_writes_one_wins() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-race");
+        conformance::admin_concurrent_writes_one_wins(&store, "c:").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_admin_concurrent_writes_across_tasks() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "admin-tasks");
+        conformance::admin_concurrent_writes_across_tasks(Arc::new(store), "c:").await;
+    }
+
+    /// Every admin check on one Redis, each through a store of its own key prefix, all at
+    /// once: each prefix has its own version, records and audit log (each starts fresh), and a
+    /// prefix nobody wrote still reads version 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_admin_key_prefixes_are_independent() {
+        let redis = RedisServer::start();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..3 {
+            let store = Arc::new(store_under(&redis, &format!("shared-{n}")));
+            tasks.spawn(async move {
+                conformance::admin_fresh_store_starts_at_zero(store.as_ref(), "c:").await;
+                conformance::admin_write_creates_a_record(store.as_ref(), "c:").await;
+                conformance::admin_writes_compare_and_set(store.as_ref(), "c:").await;
+                conformance::admin_audit_log_keeps_every_event(store.as_ref(), "c:").await;
+                conformance::admin_concurrent_writes_one_wins(store.as_ref(), "c:").await;
+                conformance::admin_concurrent_writes_across_tasks(store, "c:").await;
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                panic!("admin checks failed: {e}");
+            }
+        }
+        let untouched = store_under(&redis, "shared-untouched");
+        conformance::admin_fresh_store_starts_at_zero(&untouched, "c:").await;
+    }
+
     /// The whole suite in one run on one database, every check under the same prefix: checks
     /// do not disturb each other's keys.
     #[tokio::test]
@@ -878,6 +1167,16 @@ mod tests {
         assert_down("counters", result, port);
         let result = returns("spend", store.spend(&SpendQuery::default())).await;
         assert_down("spend", result, port);
+        let result = returns("admin_version", store.admin_version()).await;
+        assert_down("admin_version", result, port);
+        let result = returns("admin_records", store.admin_records()).await;
+        assert_down("admin_records", result, port);
+        let result = returns("admin_write", store.admin_write(&admin_create("down"))).await;
+        assert_down("admin_write", result, port);
+        let result = returns("record_audit", store.record_audit(&audit_event("down"))).await;
+        assert_down("record_audit", result, port);
+        let result = returns("audit_events", store.audit_events(10)).await;
+        assert_down("audit_events", result, port);
 
         // Many calls at once share failed connection attempts and all return.
         let admissions: Vec<Admission> = (0..50).map(|_| charge("down", 100, 1, None)).collect();
@@ -982,6 +1281,16 @@ mod tests {
                 "{result:?}"
             );
             let result = returns("counters", store.counters(&["silent".to_string()])).await;
+            assert!(
+                matches!(result, Err(StoreError::Timeout(500))),
+                "{result:?}"
+            );
+            let result = returns("admin_version", store.admin_version()).await;
+            assert!(
+                matches!(result, Err(StoreError::Timeout(500))),
+                "{result:?}"
+            );
+            let result = returns("admin_write", store.admin_write(&admin_create("silent"))).await;
             assert!(
                 matches!(result, Err(StoreError::Timeout(500))),
                 "{result:?}"
@@ -1094,6 +1403,29 @@ mod tests {
                 ..CounterState::default()
             }])
         );
+    }
+
+    fn audit_event(target: &str) -> AuditEvent {
+        AuditEvent {
+            time_ms: now_ms(),
+            actor: "root".to_string(),
+            action: "key.create".to_string(),
+            target: target.to_string(),
+            detail: String::new(),
+            peer: String::new(),
+            replica: String::new(),
+        }
+    }
+
+    /// Creates the key `id` (`{}`).
+    fn admin_create(id: &str) -> AdminWrite {
+        AdminWrite {
+            kind: RecordKind::Key,
+            id: id.to_string(),
+            json: Some("{}".to_string()),
+            expect: Expect::Absent,
+            audit: audit_event(id),
+        }
     }
 
     fn spend_record() -> gantry_policy::governance::ledger::SpendRecord {
@@ -1475,5 +1807,176 @@ mod tests {
                 }]
             ))
         );
+    }
+
+    /// The documented layout of the admin keys: the version a decimal string, both hashes by
+    /// `<kind>/<id>` (an id may hold `/`), the audit log a list of JSON events; none expires.
+    #[tokio::test]
+    async fn admin_keys_follow_the_layout() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "layout");
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let write = AdminWrite {
+            kind: RecordKind::Metadata,
+            id: "user:a/b".to_string(),
+            json: Some(r#"{"team":"x"}"#.to_string()),
+            expect: Expect::Absent,
+            audit: audit_event("metadata:user:a/b"),
+        };
+        assert_eq!(
+            store.admin_write(&write).await.ok(),
+            Some(WriteOutcome::Written { version: 1 })
+        );
+
+        let version: String = redis::cmd("GET")
+            .arg("layout:admin:version")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(version, "1");
+        let raw_hash = raw.clone();
+        let hash = |key: &'static str| {
+            let mut raw = raw_hash.clone();
+            async move {
+                redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async::<Vec<(String, String)>>(&mut raw)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            hash("layout:admin:records").await,
+            vec![(
+                "metadata/user:a/b".to_string(),
+                r#"{"team":"x"}"#.to_string()
+            )]
+        );
+        assert_eq!(
+            hash("layout:admin:revisions").await,
+            vec![("metadata/user:a/b".to_string(), "1".to_string())]
+        );
+        let audit: Vec<String> = redis::cmd("LRANGE")
+            .arg("layout:admin:audit")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        let event: AuditEvent = serde_json::from_str(&audit[0]).unwrap();
+        assert_eq!(event, write.audit);
+        for (key, kind) in [
+            ("layout:admin:version", "string"),
+            ("layout:admin:records", "hash"),
+            ("layout:admin:revisions", "hash"),
+            ("layout:admin:audit", "list"),
+        ] {
+            let found: String = redis::cmd("TYPE")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert_eq!(found, kind, "{key}");
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert_eq!(ttl, -1, "{key} never expires");
+        }
+        assert_eq!(
+            store.admin_records().await.ok().map(|r| r.records),
+            Some(vec![StoredRecord {
+                kind: RecordKind::Metadata,
+                id: "user:a/b".to_string(),
+                revision: 1,
+                json: r#"{"team":"x"}"#.to_string(),
+            }])
+        );
+
+        // Deleted: gone from both hashes; the version stays.
+        let delete = AdminWrite {
+            json: None,
+            expect: Expect::Revision(1),
+            ..write
+        };
+        assert_eq!(
+            store.admin_write(&delete).await.ok(),
+            Some(WriteOutcome::Written { version: 2 })
+        );
+        assert_eq!(hash("layout:admin:records").await, vec![]);
+        assert_eq!(hash("layout:admin:revisions").await, vec![]);
+        assert_eq!(store.admin_version().await.ok(), Some(2));
+    }
+
+    /// Admin keys holding what this store did not write read as Corrupt, and a write that
+    /// finds them changes nothing.
+    #[tokio::test]
+    async fn unreadable_admin_keys_are_corrupt() {
+        let redis = RedisServer::start();
+        let store = store_under(&redis, "bad");
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+            match result {
+                Err(StoreError::Corrupt(message)) => message,
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+        let raw_run = raw.clone();
+        let run = |args: &'static [&'static str]| {
+            let mut raw = raw_run.clone();
+            async move {
+                let mut command = redis::cmd(args[0]);
+                for arg in &args[1..] {
+                    command.arg(*arg);
+                }
+                command.query_async::<redis::Value>(&mut raw).await.unwrap();
+            }
+        };
+
+        run(&["SET", "bad:admin:version", "many"]).await;
+        let message = corrupt(store.admin_version().await);
+        assert!(message.contains("many"), "{message}");
+        corrupt(store.admin_records().await);
+        let message = corrupt(store.admin_write(&admin_create("k")).await);
+        assert!(message.contains("bad:admin:version"), "{message}");
+        let length: i64 = redis::cmd("LLEN")
+            .arg("bad:admin:audit")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(length, 0, "a refused write appends no audit event");
+
+        run(&["DEL", "bad:admin:version"]).await;
+        run(&["HSET", "bad:admin:records", "key", "1"]).await;
+        run(&["SET", "bad:admin:revisions", "1"]).await;
+        let message = corrupt(store.admin_write(&admin_create("k")).await);
+        assert!(message.contains("bad:admin:revisions"), "{message}");
+        assert_eq!(store.admin_version().await.ok(), Some(0), "nothing changed");
+
+        run(&["DEL", "bad:admin:revisions"]).await;
+        let message = corrupt(store.admin_records().await);
+        assert!(message.contains("`key`"), "{message}");
+        run(&["DEL", "bad:admin:records"]).await;
+        run(&["HSET", "bad:admin:records", "key/k", "{}"]).await;
+        let message = corrupt(store.admin_records().await);
+        assert!(message.contains("no revision"), "{message}");
+        run(&[
+            "HSET",
+            "bad:admin:revisions",
+            "key/k",
+            "1",
+            "key/other",
+            "2",
+        ])
+        .await;
+        let message = corrupt(store.admin_records().await);
+        assert!(message.contains("no record"), "{message}");
+
+        run(&["RPUSH", "bad:admin:audit", "not json"]).await;
+        corrupt(store.audit_events(10).await);
     }
 }

@@ -3,6 +3,7 @@
 //! `openai` Python SDK.
 
 mod a2a;
+mod admin_api;
 mod anthropic_front_door;
 mod auth;
 mod azure;

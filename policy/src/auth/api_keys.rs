@@ -5,7 +5,7 @@
 //! nothing about stored keys: an attacker cannot choose the digests being compared. The final
 //! comparison is constant-time anyway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -99,7 +99,12 @@ pub struct ApiKey {
     /// The expiry as written in the config, for messages.
     pub expires_at_text: Option<String>,
     pub enabled: bool,
-    hash: KeyHash,
+    /// When a runtime key was revoked (RFC 3339), for messages.
+    pub revoked_at: Option<String>,
+    /// This secret was replaced by a rotation: it works until `expires_at` (the grace
+    /// period's end), then is refused with a message that says so.
+    pub superseded: bool,
+    pub(crate) hash: KeyHash,
 }
 
 impl ApiKey {
@@ -114,6 +119,7 @@ impl ApiKey {
 #[derive(Debug, Default)]
 pub struct ApiKeyTable {
     by_hash: HashMap<KeyHash, Arc<ApiKey>>,
+    names: HashSet<String>,
 }
 
 impl ApiKeyTable {
@@ -142,15 +148,42 @@ impl ApiKeyTable {
                     expires_at,
                     expires_at_text,
                     enabled: section.enabled,
+                    revoked_at: None,
+                    superseded: false,
                     hash,
                 }),
             );
         }
-        ApiKeyTable { by_hash }
+        ApiKeyTable::from_keys(by_hash.into_values())
+    }
+
+    /// A table of the given keys (a rotated key appears once per accepted secret).
+    pub fn from_keys(keys: impl IntoIterator<Item = Arc<ApiKey>>) -> ApiKeyTable {
+        let mut table = ApiKeyTable::default();
+        for key in keys {
+            table.names.insert(key.name.clone());
+            table.by_hash.insert(key.hash, key);
+        }
+        table
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
+    }
+
+    /// Whether a key of this name is in the table.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Every key, in no particular order (a rotated key once per accepted secret).
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<ApiKey>> {
+        self.by_hash.values()
+    }
+
+    /// The digest of a key's secret.
+    pub fn hash_of(key: &ApiKey) -> KeyHash {
+        key.hash
     }
 
     /// The key matching a presented secret, if any.

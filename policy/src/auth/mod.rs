@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::admin::RuntimeDirectory;
 use crate::config::{AuthMode, AuthSection};
 use api_keys::{ApiKey, ApiKeyTable};
 use jwt::{JwtError, JwtIssuer, KeySet};
@@ -73,6 +74,9 @@ pub struct Principal {
     pub issuer: Option<String>,
     pub api_key: Option<Arc<ApiKey>>,
     pub claims: Option<Arc<Map<String, Value>>>,
+    /// The metadata the admin API attached to the principal's team and user (the user's
+    /// values win), for rules as `principal.metadata`.
+    pub metadata: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 /// The compiled `auth` section.
@@ -282,8 +286,20 @@ impl AuthPolicy {
         self
     }
 
-    /// Decides on one request.
+    /// Decides on one request, with the config's keys only.
     pub async fn check(&self, request: &AuthRequest<'_>, jwks: &impl JwksSource) -> Decision {
+        self.check_with(request, jwks, &RuntimeDirectory::empty())
+            .await
+    }
+
+    /// Decides on one request; API keys are looked up in the config, then in the keys the
+    /// admin API created (`runtime`), skipping a runtime key whose name the config declares.
+    pub async fn check_with(
+        &self,
+        request: &AuthRequest<'_>,
+        jwks: &impl JwksSource,
+        runtime: &RuntimeDirectory,
+    ) -> Decision {
         let protocol = ClientProtocol::for_path(request.path, &self.json_rpc_paths);
         let deny = |status, code, message: String| {
             tracing::debug!(status, code, %message, path = request.path, "request denied");
@@ -299,13 +315,13 @@ impl AuthPolicy {
                     format!("the '{scheme}' authorization scheme is not supported: send 'Authorization: Bearer <key or token>' or 'x-api-key: <key>'"),
                 )
             }
-            Presented::ApiKey(secret) => match self.api_key_principal(secret, request.now) {
+            Presented::ApiKey(secret) => match self.api_key_principal(secret, request.now, runtime) {
                 Ok(p) => Some(p),
                 Err((code, message)) => return deny(401, code, message),
             },
             Presented::Bearer(secret) => {
-                if self.api_keys.lookup(secret).is_some() || !looks_like_jwt(secret) {
-                    match self.api_key_principal(secret, request.now) {
+                if self.lookup_key(secret, runtime).is_some() || !looks_like_jwt(secret) {
+                    match self.api_key_principal(secret, request.now, runtime) {
                         Ok(p) => Some(p),
                         Err((code, message)) => return deny(401, code, message),
                     }
@@ -333,10 +349,15 @@ impl AuthPolicy {
                     issuer: None,
                     api_key: None,
                     claims: None,
+                    metadata: None,
                 }),
                 _ => None,
             },
         };
+        let principal = principal.map(|mut p| {
+            p.metadata = runtime.principal_metadata(p.user.as_deref(), p.team.as_deref());
+            p
+        });
 
         if principal.is_none() && self.mode == AuthMode::Strict {
             return deny(
@@ -346,7 +367,13 @@ impl AuthPolicy {
             );
         }
 
-        let model = if self.needs_model {
+        // A runtime key can carry an allow-list the config's `needs_model` did not foresee
+        // (Envoy sends the body to ext_authz whenever the admin API is on).
+        let key_lists_models = principal
+            .as_ref()
+            .and_then(|p| p.api_key.as_ref())
+            .is_some_and(|k| k.models.is_some());
+        let model = if self.needs_model || key_lists_models {
             requested_model(request.method, request.body).unwrap_or_default()
         } else {
             String::new()
@@ -414,14 +441,46 @@ impl AuthPolicy {
         format!("credentials required: send {}", ways.join(", or "))
     }
 
+    /// The key a secret belongs to: the config's, else a runtime key whose name the config
+    /// does not declare.
+    fn lookup_key<'a>(
+        &'a self,
+        secret: &str,
+        runtime: &'a RuntimeDirectory,
+    ) -> Option<&'a Arc<ApiKey>> {
+        self.api_keys.lookup(secret).or_else(|| {
+            runtime
+                .keys()
+                .lookup(secret)
+                .filter(|key| !self.api_keys.has_name(&key.name))
+        })
+    }
+
     fn api_key_principal(
         &self,
         secret: &str,
         now: i64,
+        runtime: &RuntimeDirectory,
     ) -> Result<Principal, (&'static str, String)> {
-        let Some(key) = self.api_keys.lookup(secret) else {
+        let Some(key) = self.lookup_key(secret, runtime) else {
             return Err(("invalid_api_key", "invalid API key".into()));
         };
+        if let Some(at) = &key.revoked_at {
+            return Err((
+                "revoked_api_key",
+                format!("API key '{}' was revoked at {at}", key.name),
+            ));
+        }
+        if key.superseded && key.expires_at.is_some_and(|at| now >= at) {
+            return Err((
+                "rotated_api_key",
+                format!(
+                    "API key '{}' was rotated: this secret stopped working at {}; use the new one",
+                    key.name,
+                    key.expires_at_text.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
         if !key.enabled {
             return Err((
                 "disabled_api_key",
@@ -447,6 +506,7 @@ impl AuthPolicy {
             issuer: None,
             api_key: Some(key.clone()),
             claims: None,
+            metadata: None,
         })
     }
 
@@ -501,6 +561,7 @@ impl AuthPolicy {
             issuer: Some(issuer.issuer.clone()),
             api_key: None,
             claims: Some(claims),
+            metadata: None,
         })
     }
 

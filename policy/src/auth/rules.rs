@@ -5,7 +5,8 @@
 //! - `source`: `address` (client IP), `principal` (the peer certificate's identity as Envoy
 //!   reports it: URI SAN, else DNS SAN, else subject), `subject` (certificate subject);
 //! - `principal`: `method` (`api_key`, `jwt`, `mtls` or `none`), `subject`, `user`, `team`,
-//!   `key`, `issuer`;
+//!   `key`, `issuer`, `metadata` (what the admin API attached to the principal's team and
+//!   user, the user's values winning; an empty map without);
 //! - `jwt`: the verified token's claims (empty map without a token);
 //! - `apiKey`: `name`, `user`, `team`, `models`, `labels` (empty map without a key);
 //! - `llm`: `model`, the model named in the request body (empty string when none).
@@ -202,6 +203,7 @@ fn variable(name: &str, facts: &RuleFacts<'_>) -> CelValue {
                 ("team", opt(&p.team)),
                 ("key", opt(&p.key)),
                 ("issuer", opt(&p.issuer)),
+                ("metadata", string_map(p.metadata.as_deref())),
             ]),
             None => map([
                 ("method", "none".into()),
@@ -210,6 +212,7 @@ fn variable(name: &str, facts: &RuleFacts<'_>) -> CelValue {
                 ("team", "".into()),
                 ("key", "".into()),
                 ("issuer", "".into()),
+                ("metadata", string_map(None)),
             ]),
         },
         "jwt" => match principal.and_then(|p| p.claims.as_ref()) {
@@ -242,6 +245,15 @@ fn variable(name: &str, facts: &RuleFacts<'_>) -> CelValue {
         "llm" => map([("model", facts.model.into())]),
         _ => CelValue::Null,
     }
+}
+
+fn string_map(entries: Option<&std::collections::BTreeMap<String, String>>) -> CelValue {
+    let map: HashMap<Key, CelValue> = entries
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (Key::from(k.as_str()), CelValue::from(v.as_str())))
+        .collect();
+    CelValue::Map(CelMap::from(map))
 }
 
 fn opt(value: &Option<String>) -> CelValue {

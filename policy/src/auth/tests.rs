@@ -510,3 +510,230 @@ fn empty_key_set_answers_503_not_401() {
     ));
     assert_eq!((d.status, d.code), (503, "jwks_unavailable"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keys created through the admin API (the runtime directory)
+
+mod runtime_keys {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::admin::stored::{AdminRecords, RecordKind, StoredRecord};
+    use crate::admin::{KeyRecord, MetadataRecord, PreviousSecret, RuntimeDirectory, Subject};
+
+    /// The request clock of `check` (1_800_000_000 s), in ms.
+    const NOW_MS: i64 = 1_800_000_000_000;
+
+    fn key(name: &str, secret: &str) -> KeyRecord {
+        KeyRecord {
+            name: name.into(),
+            hash: KeyHash::of(secret).to_string(),
+            user: Some("carol".into()),
+            team: Some("ops".into()),
+            models: None,
+            labels: BTreeMap::new(),
+            expires_at_ms: None,
+            created_ms: NOW_MS - 1000,
+            created_by: "admin".into(),
+            revoked_ms: None,
+            revoked_by: None,
+            previous: Vec::new(),
+        }
+    }
+
+    fn directory(keys: &[KeyRecord], metadata: &[MetadataRecord]) -> RuntimeDirectory {
+        let mut records: Vec<StoredRecord> = keys
+            .iter()
+            .map(|k| StoredRecord {
+                kind: RecordKind::Key,
+                id: k.name.clone(),
+                revision: 1,
+                json: serde_json::to_string(k).unwrap(),
+            })
+            .collect();
+        records.extend(metadata.iter().map(|m| StoredRecord {
+            kind: RecordKind::Metadata,
+            id: m.subject.to_string(),
+            revision: 2,
+            json: serde_json::to_string(m).unwrap(),
+        }));
+        RuntimeDirectory::compile(&AdminRecords {
+            version: 2,
+            records,
+        })
+    }
+
+    fn check_with(
+        policy: &AuthPolicy,
+        runtime: &RuntimeDirectory,
+        secret: &str,
+        body: &str,
+    ) -> Decision {
+        let headers: HashMap<String, String> =
+            HashMap::from([("authorization".into(), format!("Bearer {secret}"))]);
+        let request = AuthRequest {
+            method: "POST",
+            path: CHAT,
+            host: "gw",
+            scheme: "http",
+            headers: &headers,
+            source_address: "127.0.0.1",
+            peer_principal: "",
+            peer_certificate: "",
+            body: body.as_bytes(),
+            now: NOW_MS / 1000,
+        };
+        futures_lite_block_on(policy.check_with(&request, &no_keys(), runtime))
+    }
+
+    #[test]
+    fn a_runtime_key_is_a_principal_like_a_config_key() {
+        let policy = config(&keys_section());
+        let runtime = directory(&[key("carol-key", "carol-secret")], &[]);
+        let ok = allowed(check_with(&policy, &runtime, "carol-secret", ""));
+        let principal = ok.principal.unwrap();
+        assert_eq!(principal.key.as_deref(), Some("carol-key"));
+        assert_eq!(principal.team.as_deref(), Some("ops"));
+        assert_eq!(ok.metadata["key"], "carol-key");
+        // The config's keys still work, and an unknown secret is still refused.
+        allowed(check_with(&policy, &runtime, "alice-secret", ""));
+        let unknown = denial(check_with(&policy, &runtime, "nobody", ""));
+        assert_eq!((unknown.status, unknown.code), (401, "invalid_api_key"));
+        // Without the directory, the runtime key is unknown.
+        let plain = denial(check(
+            &policy,
+            "POST",
+            CHAT,
+            &[("authorization", "Bearer carol-secret")],
+            "",
+            &no_keys(),
+        ));
+        assert_eq!(plain.code, "invalid_api_key");
+    }
+
+    #[test]
+    fn the_config_wins_over_a_runtime_key_of_the_same_name() {
+        let policy = config(&keys_section());
+        let runtime = directory(&[key("alice-key", "impostor-secret")], &[]);
+        let refused = denial(check_with(&policy, &runtime, "impostor-secret", ""));
+        assert_eq!((refused.status, refused.code), (401, "invalid_api_key"));
+        allowed(check_with(&policy, &runtime, "alice-secret", ""));
+    }
+
+    #[test]
+    fn revoked_keys_and_rotated_secrets_are_refused_with_the_reason() {
+        let policy = config(&keys_section());
+        let mut revoked = key("gone", "gone-secret");
+        revoked.revoked_ms = Some(1_799_999_000_000);
+        let mut rotated = key("turned", "new-secret");
+        rotated.previous = vec![
+            PreviousSecret {
+                hash: KeyHash::of("recent-secret").to_string(),
+                valid_until_ms: NOW_MS + 60_000,
+            },
+            PreviousSecret {
+                hash: KeyHash::of("stale-secret").to_string(),
+                valid_until_ms: NOW_MS - 1,
+            },
+        ];
+        let runtime = directory(&[revoked, rotated], &[]);
+        let gone = denial(check_with(&policy, &runtime, "gone-secret", ""));
+        assert_eq!((gone.status, gone.code), (401, "revoked_api_key"));
+        assert_eq!(
+            gone.message,
+            "API key 'gone' was revoked at 2027-01-15T07:43:20Z"
+        );
+        for secret in ["new-secret", "recent-secret"] {
+            let ok = allowed(check_with(&policy, &runtime, secret, ""));
+            assert_eq!(ok.principal.unwrap().key.as_deref(), Some("turned"));
+        }
+        let stale = denial(check_with(&policy, &runtime, "stale-secret", ""));
+        assert_eq!(stale.code, "rotated_api_key");
+        assert!(
+            stale.message.contains("was rotated") && stale.message.contains("use the new one"),
+            "{}",
+            stale.message
+        );
+    }
+
+    #[test]
+    fn a_runtime_allow_list_is_enforced_and_metadata_reaches_the_rules() {
+        let rules = "  rules:\n\
+             \x20   - { name: gold-only, action: allow, when: 'principal.metadata[\"tier\"] == \"gold\"' }\n";
+        let policy = config(&format!("{}{rules}", keys_section()));
+        let mut listed = key("listed", "listed-secret");
+        listed.models = Some(vec!["fast".into()]);
+        let gold_team = MetadataRecord {
+            subject: Subject::parse("team:ops").unwrap(),
+            metadata: BTreeMap::from([("tier".into(), "silver".into())]),
+            updated_ms: NOW_MS,
+            updated_by: "admin".into(),
+        };
+        let gold_user = MetadataRecord {
+            subject: Subject::parse("user:carol").unwrap(),
+            metadata: BTreeMap::from([("tier".into(), "gold".into())]),
+            updated_ms: NOW_MS,
+            updated_by: "admin".into(),
+        };
+        let runtime = directory(&[listed.clone()], &[gold_team.clone(), gold_user]);
+        let ok = allowed(check_with(
+            &policy,
+            &runtime,
+            "listed-secret",
+            r#"{"model":"fast"}"#,
+        ));
+        assert_eq!(
+            ok.principal.unwrap().metadata.unwrap()["tier"],
+            "gold",
+            "the user's metadata wins over the team's"
+        );
+        let other = denial(check_with(
+            &policy,
+            &runtime,
+            "listed-secret",
+            r#"{"model":"smart"}"#,
+        ));
+        assert_eq!((other.status, other.code), (403, "model_not_allowed"));
+        // With only the team's (silver) metadata, the rule does not allow.
+        let silver = directory(&[listed], &[gold_team]);
+        let refused = denial(check_with(
+            &policy,
+            &silver,
+            "listed-secret",
+            r#"{"model":"fast"}"#,
+        ));
+        assert_eq!((refused.status, refused.code), (403, "not_allowed"));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_reported_and_the_others_still_apply() {
+        let records = AdminRecords {
+            version: 3,
+            records: vec![
+                StoredRecord {
+                    kind: RecordKind::Key,
+                    id: "broken".into(),
+                    revision: 1,
+                    json: "{not json".into(),
+                },
+                StoredRecord {
+                    kind: RecordKind::Key,
+                    id: "fine".into(),
+                    revision: 2,
+                    json: serde_json::to_string(&key("fine", "fine-secret")).unwrap(),
+                },
+            ],
+        };
+        let runtime = RuntimeDirectory::compile(&records);
+        assert_eq!(runtime.version, 3);
+        assert_eq!(runtime.unreadable.len(), 1);
+        assert!(
+            runtime.unreadable[0].starts_with("key 'broken': "),
+            "{:?}",
+            runtime.unreadable
+        );
+        assert_eq!(runtime.key("fine").unwrap().revision, 2);
+        let policy = config(&keys_section());
+        allowed(check_with(&policy, &runtime, "fine-secret", ""));
+    }
+}

@@ -341,7 +341,7 @@ pub struct BudgetSection {
 }
 
 /// When a budget's counter starts again from zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetWindow {
     Minute,

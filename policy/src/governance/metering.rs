@@ -29,6 +29,7 @@ use super::ledger::{
 use super::prices::{Price, PriceSource, PriceTable, PricedBy, TokenCounts};
 use super::scope::{Caller, ScopeContext, ScopeFacts, ScopeTemplate, VariableUse};
 use super::windows::{rfc3339_utc, window_span, WindowSpan};
+use crate::admin::{RuntimeDirectory, Subject, SubjectKind};
 use crate::config::{
     BudgetAction, BudgetWindow, GovernanceFailureModes, GovernanceSection, StoreSection,
     UnpricedModels,
@@ -68,6 +69,8 @@ struct CompiledRate {
 /// The compiled `governance` section.
 pub struct GovernancePolicy {
     budgets: Vec<CompiledBudget>,
+    /// The config's budget names: a runtime budget of the same name is not applied.
+    budget_names: std::collections::HashSet<String>,
     rates: Vec<CompiledRate>,
     uses: VariableUse,
     prices: PriceTable,
@@ -92,9 +95,38 @@ impl std::fmt::Debug for GovernancePolicy {
     }
 }
 
+/// A budget of the config, for listings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfiguredBudget<'a> {
+    pub name: &'a str,
+    pub scope: &'a str,
+    pub limit_nanos: Option<Nanos>,
+    pub limit_tokens: Option<i64>,
+    pub window: BudgetWindow,
+    pub enforced: bool,
+}
+
+/// A budget that applies to a caller, for status reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetStatus {
+    pub name: String,
+    /// Created through the admin API (else declared in the config).
+    pub runtime: bool,
+    /// The scope value, e.g. `team:research`.
+    pub scope: String,
+    /// The store key of its counter in the current window (as admissions charge it).
+    pub counter_key: String,
+    pub limit_nanos: Option<Nanos>,
+    pub limit_tokens: Option<i64>,
+    pub window: BudgetWindow,
+    /// When the current window ends (`None` for `total`).
+    pub resets_at_ms: Option<i64>,
+    pub enforced: bool,
+}
+
 /// A budget limit in nano-dollars: at least one, so that a positive limit too small to count
 /// does not become a limit of zero.
-fn usd_to_nanos(usd: f64) -> Nanos {
+pub(crate) fn usd_to_nanos(usd: f64) -> Nanos {
     ((usd * NANOS_PER_USD as f64).round() as Nanos).max(1)
 }
 
@@ -175,6 +207,7 @@ impl GovernancePolicy {
         let zone = TimeZone::get(section.time_zone_name())
             .map_err(|e| format!("time zone '{}': {e}", section.time_zone_name()))?;
         Ok(GovernancePolicy {
+            budget_names: budgets.iter().map(|b| b.name.clone()).collect(),
             budgets,
             rates,
             uses,
@@ -196,6 +229,130 @@ impl GovernancePolicy {
     /// Whether scopes read `request` (the adapter must then keep the request headers).
     pub fn uses_request(&self) -> bool {
         self.uses.request()
+    }
+
+    /// The time zone calendar windows reset in.
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
+    /// Whether the config declares a budget of this name.
+    pub fn has_budget(&self, name: &str) -> bool {
+        self.budget_names.contains(name)
+    }
+
+    /// The config's budgets: name, scope expression, limits, window, whether it refuses.
+    pub fn configured_budgets(&self) -> impl Iterator<Item = ConfiguredBudget<'_>> {
+        self.budgets.iter().map(|b| ConfiguredBudget {
+            name: &b.name,
+            scope: b.template.source(),
+            limit_nanos: b.limit_nanos,
+            limit_tokens: b.limit_tokens,
+            window: b.window,
+            enforced: b.enforced,
+        })
+    }
+
+    /// The budgets that apply to a caller now (the config's whose scope evaluates, then the
+    /// runtime ones on its key, user and team), with their store keys, for status reports.
+    /// Scopes over the request (`request`, `llm.user`) see an empty request.
+    pub fn budgets_applying(
+        &self,
+        facts: &ScopeFacts<'_>,
+        now_ms: i64,
+        runtime: &RuntimeDirectory,
+    ) -> Vec<BudgetStatus> {
+        let context = ScopeContext::new(facts, self.uses);
+        self.applicable_budgets(&context, facts.caller, now_ms, runtime)
+            .into_iter()
+            .map(|b| BudgetStatus {
+                runtime: !self.has_budget(&b.name),
+                name: b.name,
+                counter_key: format!("{}:{}", b.key, b.span.start_ms),
+                scope: b.scope,
+                limit_nanos: b.limit_nanos,
+                limit_tokens: b.limit_tokens,
+                window: b.window,
+                resets_at_ms: b.span.end_ms,
+                enforced: b.enforced,
+            })
+            .collect()
+    }
+
+    /// The rate limits that apply to a caller: name, scope value, requests and tokens per
+    /// minute.
+    pub fn rate_limits_applying(
+        &self,
+        facts: &ScopeFacts<'_>,
+    ) -> Vec<(String, String, Option<u64>, Option<u64>)> {
+        let context = ScopeContext::new(facts, self.uses);
+        self.rates
+            .iter()
+            .filter_map(|rate| {
+                rate.template.evaluate(&context).map(|scope| {
+                    (
+                        rate.name.clone(),
+                        scope,
+                        rate.requests_per_minute,
+                        rate.tokens_per_minute,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn applicable_budgets(
+        &self,
+        context: &ScopeContext,
+        caller: &Caller,
+        now_ms: i64,
+        runtime: &RuntimeDirectory,
+    ) -> Vec<AppliedBudget> {
+        let mut applied = Vec::new();
+        for budget in &self.budgets {
+            if let Some(scope) = budget.template.evaluate(context) {
+                applied.push(AppliedBudget {
+                    name: budget.name.clone(),
+                    key: counter_key("b", &budget.name, &scope),
+                    scope,
+                    limit_nanos: budget.limit_nanos,
+                    limit_tokens: budget.limit_tokens,
+                    window: budget.window,
+                    span: window_span(budget.window, now_ms, &self.zone),
+                    enforced: budget.enforced,
+                    state: CounterState::default(),
+                });
+            }
+        }
+        if runtime.has_budgets() {
+            let subjects = [
+                (SubjectKind::Key, &caller.key),
+                (SubjectKind::User, &caller.user),
+                (SubjectKind::Team, &caller.team),
+            ];
+            for (kind, id) in subjects {
+                let Some(id) = id.as_deref().filter(|id| !id.is_empty()) else {
+                    continue;
+                };
+                for budget in runtime.budgets_for(&Subject::new(kind, id)) {
+                    if self.has_budget(&budget.name) {
+                        continue; // the config wins
+                    }
+                    applied.push(AppliedBudget {
+                        name: budget.name.clone(),
+                        key: counter_key("b", &budget.name, &budget.scope),
+                        scope: budget.scope.clone(),
+                        limit_nanos: budget.limit_nanos,
+                        limit_tokens: budget.limit_tokens,
+                        window: budget.window,
+                        span: window_span(budget.window, now_ms, &self.zone),
+                        enforced: budget.enforced,
+                        state: CounterState::default(),
+                    });
+                }
+            }
+        }
+        applied
     }
 
     pub fn budget_count(&self) -> usize {
@@ -235,6 +392,20 @@ impl GovernancePolicy {
         body: &[u8],
         now_ms: i64,
     ) -> Result<Metering, Box<LocalReply>> {
+        self.plan_with(facts, api, body, now_ms, &RuntimeDirectory::empty())
+    }
+
+    /// [`GovernancePolicy::plan`], with the budgets the admin API put on the caller's key, user
+    /// and team (`runtime`) after the config's (a runtime budget whose name the config declares
+    /// is skipped).
+    pub fn plan_with(
+        &self,
+        facts: &ScopeFacts<'_>,
+        api: LlmApi,
+        body: &[u8],
+        now_ms: i64,
+        runtime: &RuntimeDirectory,
+    ) -> Result<Metering, Box<LocalReply>> {
         // The body is parsed whole at most once: for `llm.user` and for the estimate.
         let mut object: Option<Map<String, Value>> = None;
         let end_user: Option<String> = match facts.end_user {
@@ -264,21 +435,7 @@ impl GovernancePolicy {
             audit_over: Vec::new(),
             identity: Identity::from_facts(facts),
         };
-        for budget in &self.budgets {
-            if let Some(scope) = budget.template.evaluate(&context) {
-                metering.budgets.push(AppliedBudget {
-                    name: budget.name.clone(),
-                    key: counter_key("b", &budget.name, &scope),
-                    scope,
-                    limit_nanos: budget.limit_nanos,
-                    limit_tokens: budget.limit_tokens,
-                    window: budget.window,
-                    span: window_span(budget.window, now_ms, &self.zone),
-                    enforced: budget.enforced,
-                    state: CounterState::default(),
-                });
-            }
-        }
+        metering.budgets = self.applicable_budgets(&context, facts.caller, now_ms, runtime);
         // The estimate is reserved by budgets and token limits, and billed to a logged request
         // whose reply carries no usage (or that the client aborted).
         let mut needs_tokens = !metering.budgets.is_empty() || self.spend_log;

@@ -213,6 +213,11 @@ impl ScopeTemplate {
         })
     }
 
+    /// The scope expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     fn uses(&self, variable: &str) -> bool {
         self.scope.references().has_variable(variable)
             || self

@@ -11,6 +11,39 @@ use serde::Serialize;
 use super::ledger::{Nanos, SpendOutcome, SpendRecord};
 use super::metering::format_usd;
 
+/// Comma-separated group names (`key,day`) as a list; the error names an unknown one.
+pub fn parse_groups(text: &str) -> Result<Vec<GroupBy>, String> {
+    let mut by = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match GroupBy::parse(name) {
+            Some(group) => by.push(group),
+            None => {
+                return Err(format!(
+                    "unknown group '{name}' (use key, user, team, model, provider, day)"
+                ))
+            }
+        }
+    }
+    Ok(by)
+}
+
+/// `2026-11-01` (local midnight in `zone`) or `2026-11-01T12:00:00Z`, as ms since the epoch.
+pub fn parse_instant(text: &str, zone: &TimeZone) -> Result<i64, String> {
+    if let Ok(instant) = text.parse::<Timestamp>() {
+        return Ok(instant.as_millisecond());
+    }
+    let date: jiff::civil::Date = text.parse().map_err(|_| {
+        format!(
+            "'{text}' is neither a date (2026-11-01) nor an RFC 3339 time (2026-11-01T12:00:00Z)"
+        )
+    })?;
+    let start = date
+        .to_zoned_datetime(zone.clone())
+        .and_then(|z| z.start_of_day())
+        .map_err(|e| format!("'{text}': {e}"))?;
+    Ok(start.timestamp().as_millisecond())
+}
+
 /// What rows are grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {

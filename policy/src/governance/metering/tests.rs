@@ -1242,3 +1242,133 @@ fn a_logged_request_without_budgets_is_still_estimated_for_its_billing() {
         }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Budgets created through the admin API
+
+fn runtime_budgets(budgets: &[crate::admin::BudgetRecord]) -> crate::admin::RuntimeDirectory {
+    use crate::admin::stored::{AdminRecords, RecordKind, StoredRecord};
+    crate::admin::RuntimeDirectory::compile(&AdminRecords {
+        version: 1,
+        records: budgets
+            .iter()
+            .map(|b| StoredRecord {
+                kind: RecordKind::Budget,
+                id: b.name.clone(),
+                revision: 1,
+                json: serde_json::to_string(b).unwrap(),
+            })
+            .collect(),
+    })
+}
+
+fn runtime_budget(name: &str, subject: &str, usd: f64) -> crate::admin::BudgetRecord {
+    crate::admin::BudgetRecord {
+        name: name.into(),
+        subject: crate::admin::Subject::parse(subject).unwrap(),
+        usd: Some(usd),
+        tokens: None,
+        window: BudgetWindow::Month,
+        audit_only: false,
+        updated_ms: now(),
+        updated_by: "admin".into(),
+    }
+}
+
+#[test]
+fn runtime_budgets_on_the_callers_key_user_and_team_apply_after_the_configs() {
+    let policy = policy(BUDGETS);
+    let runtime = runtime_budgets(&[
+        runtime_budget("ci-monthly", "key:ci", 5.0),
+        runtime_budget("alice-monthly", "user:alice", 5.0),
+        runtime_budget("eng-monthly", "team:eng", 0.00005),
+        runtime_budget("other-team", "team:sales", 5.0),
+        // The config declares this name: the config's budget applies, this one does not.
+        runtime_budget("team-daily", "team:eng", 1.0),
+    ]);
+    let caller = caller();
+    let metering = policy
+        .plan_with(
+            &facts(&caller, "fast", "gpt-4o-mini"),
+            LlmApi::ChatCompletions,
+            BODY.as_bytes(),
+            now(),
+            &runtime,
+        )
+        .err()
+        .map(|reply| error(&reply));
+    // eng-monthly ($0.00005) is smaller than the request's estimate: refused before the store.
+    let refusal = metering.expect("the tiny team budget refuses");
+    assert_eq!(refusal["code"], "budget_exceeded");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget 'eng-monthly' for scope 'team:eng'"),
+        "{refusal}"
+    );
+
+    let runtime = runtime_budgets(&[
+        runtime_budget("ci-monthly", "key:ci", 5.0),
+        runtime_budget("alice-monthly", "user:alice", 5.0),
+        runtime_budget("team-daily", "team:eng", 1.0),
+    ]);
+    let metering = policy
+        .plan_with(
+            &facts(&caller, "fast", "gpt-4o-mini"),
+            LlmApi::ChatCompletions,
+            BODY.as_bytes(),
+            now(),
+            &runtime,
+        )
+        .expect("planned");
+    assert_eq!(
+        metering.applied(),
+        [
+            "budget team-daily (team:eng)",
+            "budget key-hourly-tokens (key:ci)",
+            "budget everyone-monthly (global)",
+            "budget ci-monthly (key:ci)",
+            "budget alice-monthly (user:alice)",
+            "rate per-key (key:ci, requests)",
+            "rate per-key (key:ci, tokens)",
+        ]
+    );
+    let keys: Vec<String> = metering
+        .admission()
+        .budgets
+        .iter()
+        .map(|b| b.key.clone())
+        .collect();
+    // The month starting 2026-11-01 (the ledger key names the window's start).
+    assert!(
+        keys.contains(&"b:ci-monthly:key:ci:1793491200000".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"b:alice-monthly:user:alice:1793491200000".to_string()),
+        "{keys:?}"
+    );
+
+    let status = policy.budgets_applying(&facts(&caller, "fast", "gpt-4o-mini"), now(), &runtime);
+    let names: Vec<(&str, bool)> = status
+        .iter()
+        .map(|b| (b.name.as_str(), b.runtime))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("team-daily", false),
+            ("key-hourly-tokens", false),
+            ("everyone-monthly", false),
+            ("ci-monthly", true),
+            ("alice-monthly", true),
+        ]
+    );
+    assert_eq!(status[3].resets_at_ms, Some(ms("2026-12-01T00:00:00Z")));
+    assert_eq!(
+        status[3].counter_key, "b:ci-monthly:key:ci:1793491200000",
+        "as admitted"
+    );
+    assert!(policy.has_budget("team-daily") && !policy.has_budget("ci-monthly"));
+}
