@@ -40,6 +40,10 @@ echo "== guards benchmark smoke run (debug build; request guards in process, res
 ./target/debug/gantry-bench --scenario guards --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-guards-smoke.log 2>&1 \
   || { cat target/bench-guards-smoke.log; echo "guards benchmark smoke run failed" >&2; exit 1; }
 echo "guards benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-guards-smoke.log) rounds, 0 errors)"
+echo "== admin benchmark smoke run (debug build; a key created and revoked on one replica reaching another through Redis)"
+./target/debug/gantry-bench --scenario admin --seconds 1 --rounds 1 --concurrency 2 --gantry target/debug/gantry > target/bench-admin-smoke.log 2>&1 \
+  || { cat target/bench-admin-smoke.log; echo "admin benchmark smoke run failed" >&2; exit 1; }
+echo "admin benchmark smoke run: ok ($(grep -c 'round 1/1' target/bench-admin-smoke.log) rounds, 0 errors)"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' \

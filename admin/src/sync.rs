@@ -92,6 +92,36 @@ impl DirectorySync {
         }
     }
 
+    /// The sync's counters in the Prometheus text format.
+    pub fn render_prometheus(&self) -> String {
+        let directory = self.directory.load();
+        let keys = directory
+            .key_records()
+            .filter(|k| !k.record.is_revoked())
+            .count();
+        let budgets = directory.budget_records().count();
+        format!(
+            "# HELP gantry_admin_records_version The admin records' store version this replica serves.\n\
+             # TYPE gantry_admin_records_version gauge\n\
+             gantry_admin_records_version {}\n\
+             # HELP gantry_admin_runtime_keys Keys created through the admin API and not revoked.\n\
+             # TYPE gantry_admin_runtime_keys gauge\n\
+             gantry_admin_runtime_keys {keys}\n\
+             # HELP gantry_admin_runtime_budgets Budgets created through the admin API.\n\
+             # TYPE gantry_admin_runtime_budgets gauge\n\
+             gantry_admin_runtime_budgets {budgets}\n\
+             # HELP gantry_admin_directory_loads_total Times the admin records were read and compiled.\n\
+             # TYPE gantry_admin_directory_loads_total counter\n\
+             gantry_admin_directory_loads_total {}\n\
+             # HELP gantry_admin_sync_errors_total Polls that could not read the store.\n\
+             # TYPE gantry_admin_sync_errors_total counter\n\
+             gantry_admin_sync_errors_total {}\n",
+            directory.version,
+            self.loads.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
     /// Polls every `interval` until `stop` resolves.
     pub async fn run(
         self: Arc<Self>,

@@ -118,6 +118,11 @@
 //! and the baseline. It is not in `all` because it would add some 1.5 minutes (6 batches of `--seconds` in process and
 //! 3 gateways' rounds) for features that are off unless configured.
 //!
+//! `--scenario admin` (not in `all`; needs Redis) measures the admin API across two replicas
+//! sharing one Redis: how long a key created, then revoked, on one takes to be accepted, then
+//! refused, by the other (percentiles, and their ratio to the sync interval), and a runtime
+//! key's request latency against the config key's on one replica (details in `admin.rs`).
+//!
 //! `decisions` (part of `--scenario authz` and `all`, or alone with `--scenario decisions`)
 //! drives the ext_authz gRPC server directly, without Envoy: `gantry serve` runs as a separate
 //! process (sharing the machine's CPUs with this client), and `--concurrency` HTTP/2
@@ -146,6 +151,7 @@
 //! Any failed request, and any decision that is not an allow, is reported loudly and makes the
 //! exit status 1.
 
+mod admin;
 mod auth;
 mod budgets;
 mod decisions;
@@ -269,6 +275,10 @@ enum ScenarioChoice {
     /// Request guards' cost per KiB of prompt (in process), and the TTFT response guards add
     /// to a stream: baseline vs gantry vs gantry with response guards (not part of `all`).
     Guards,
+    /// The admin API: how fast a key created or revoked on one replica reaches another
+    /// sharing Redis, against the sync interval, and a runtime key's request latency against
+    /// the config key's (not part of `all`).
+    Admin,
     /// chat, stream, authz and the decision rate (not budgets, mcp or module).
     All,
 }
@@ -280,7 +290,10 @@ impl ScenarioChoice {
             ScenarioChoice::Chat => vec![Scenario::Chat],
             ScenarioChoice::Stream => vec![Scenario::Stream],
             ScenarioChoice::Authz => vec![Scenario::Authz],
-            ScenarioChoice::Decisions | ScenarioChoice::Mcp | ScenarioChoice::Guards => Vec::new(),
+            ScenarioChoice::Decisions
+            | ScenarioChoice::Mcp
+            | ScenarioChoice::Guards
+            | ScenarioChoice::Admin => Vec::new(),
             ScenarioChoice::Budgets => vec![Scenario::Budgets],
             ScenarioChoice::Module => vec![Scenario::ModuleChat, Scenario::ModuleStream],
             ScenarioChoice::All => vec![Scenario::Chat, Scenario::Stream, Scenario::Authz],
@@ -313,6 +326,8 @@ struct Settings {
     /// Request guards in process, then streams through baseline, gantry and
     /// gantry+response-guards.
     guards: bool,
+    /// The admin API across two replicas sharing Redis.
+    admin: bool,
 }
 
 impl Settings {
@@ -354,12 +369,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         mcp,
         module,
         guards: args.scenario == ScenarioChoice::Guards,
+        admin: args.scenario == ScenarioChoice::Admin,
     };
-    let envoy_bin = if settings.scenarios.is_empty() && !settings.mcp && !settings.guards {
-        None
-    } else {
-        Some(gateways::locate_envoy()?)
-    };
+    let envoy_bin =
+        if settings.scenarios.is_empty() && !settings.mcp && !settings.guards && !settings.admin {
+            None
+        } else {
+            Some(gateways::locate_envoy()?)
+        };
 
     let mock_runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("mock-provider")
@@ -467,6 +484,11 @@ async fn bench(
     } else {
         None
     };
+    let mut admin = if settings.admin {
+        Some(admin::AdminBench::start(gantry_bin, upstream).await?)
+    } else {
+        None
+    };
 
     if let (Some(gateways), true) = (&mut gateways, settings.guards) {
         guards::probe_stream(mock, gateways, &bodies).await?;
@@ -518,6 +540,9 @@ async fn bench(
     }
     if let Some(mcp) = &mut mcp {
         mcp.probe().await?;
+    }
+    if let Some(admin) = &mut admin {
+        admin.probe().await?;
     }
     println!();
 
@@ -579,6 +604,10 @@ async fn bench(
         Some(mcp) => Some(mcp.measure(settings).await?),
         None => None,
     };
+    let admin_results = match &mut admin {
+        Some(admin) => Some(admin.measure(settings).await?),
+        None => None,
+    };
     let decisions = match (&mut servers, &credentials) {
         (Some(servers), Some(credentials)) => {
             decisions::print_intro();
@@ -601,6 +630,9 @@ async fn bench(
     if let Some(mcp_results) = &mcp_results {
         mcp_results.print(settings);
     }
+    if let Some(admin_results) = &admin_results {
+        admin_results.print();
+    }
     if let Some(decisions) = &decisions {
         decisions.print(settings);
     }
@@ -609,6 +641,7 @@ async fn bench(
         decisions: decisions.as_ref(),
         mcp: mcp_results.as_ref(),
         guards: guard_results.as_ref(),
+        admin: admin_results.as_ref(),
     };
     let errors = measured.errors();
     if errors > 0 {

@@ -352,6 +352,7 @@ pub struct Measured<'a> {
     pub decisions: Option<&'a DecisionResults>,
     pub mcp: Option<&'a McpResults>,
     pub guards: Option<&'a GuardResults>,
+    pub admin: Option<&'a crate::admin::AdminResults>,
 }
 
 impl Measured<'_> {
@@ -364,6 +365,7 @@ impl Measured<'_> {
             + self.decisions.map_or(0, DecisionResults::errors)
             + self.mcp.map_or(0, McpResults::errors)
             + self.guards.map_or(0, GuardResults::errors)
+            + self.admin.map_or(0, |a| a.errors)
     }
 }
 
@@ -374,6 +376,7 @@ pub fn print_error_banner(errors: u64, measured: &Measured<'_>) {
         decisions,
         mcp,
         guards,
+        admin,
     } = *measured;
     let bar = "!".repeat(96);
     println!("{bar}");
@@ -407,6 +410,12 @@ pub fn print_error_banner(errors: u64, measured: &Measured<'_>) {
             first.unwrap_or("?")
         );
     }
+    if let Some(admin) = admin.filter(|a| a.errors > 0) {
+        println!(
+            "!!   admin: {} requests got another status than the change should give",
+            admin.errors
+        );
+    }
     println!("{bar}");
 }
 
@@ -423,6 +432,7 @@ pub fn report_json(
         decisions,
         mcp,
         guards,
+        admin,
     } = *measured;
     let mut scenarios = Map::new();
     for result in results {
@@ -442,6 +452,9 @@ pub fn report_json(
     }
     if let Some(guards) = guards {
         scenarios.insert("guards".to_owned(), guards.to_json());
+    }
+    if let Some(admin) = admin {
+        scenarios.insert("admin".to_owned(), admin.to_json());
     }
     json!({
         "bench": "gantry-bench",

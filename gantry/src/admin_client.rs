@@ -1,4 +1,4 @@
-//! The admin API's client side: `gantry key create|list|show|revoke|rotate`, `gantry budget
+//! The admin API's client side: `gantry key create|list|show|update|revoke|rotate`, `gantry budget
 //! set|show|list|delete`, `gantry metadata set|list`, `gantry spend`, `gantry audit` and
 //! `gantry reload` call a running Gantry's `gantry.admin.v1.AdminService` and print the answer
 //! as a table (or JSON).
@@ -352,6 +352,66 @@ fn budget_line(budget: &pb::Budget) -> String {
         window_text(limit.window),
         if limit.audit_only { ", audit only" } else { "" }
     )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeyUpdate {
+    pub name: String,
+    /// The key's user (an empty value removes it).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The key's team (an empty value removes it).
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Replace the model allow-list with these models (repeat).
+    #[arg(long = "model", conflicts_with = "all_models")]
+    pub models: Vec<String>,
+    /// Allow every model.
+    #[arg(long)]
+    pub all_models: bool,
+    /// Replace the labels with these, `name=value` (repeat).
+    #[arg(long = "label", value_parser = parse_pair, conflicts_with = "clear_labels")]
+    pub labels: Vec<(String, String)>,
+    /// Remove every label.
+    #[arg(long)]
+    pub clear_labels: bool,
+    /// RFC 3339 expiry (an empty value removes it).
+    #[arg(long)]
+    pub expires_at: Option<String>,
+}
+
+pub async fn key_update(admin: &mut Admin, args: KeyUpdate) -> anyhow::Result<String> {
+    let models = if args.all_models {
+        Some(pb::StringList { values: Vec::new() })
+    } else if args.models.is_empty() {
+        None
+    } else {
+        Some(pb::StringList {
+            values: args.models,
+        })
+    };
+    let labels = if args.clear_labels || !args.labels.is_empty() {
+        Some(pb::Labels {
+            values: args.labels.into_iter().collect(),
+        })
+    } else {
+        None
+    };
+    let request = admin.request(pb::UpdateKeyRequest {
+        name: args.name.clone(),
+        user: args.user,
+        team: args.team,
+        models,
+        labels,
+        expires_at: args.expires_at,
+    });
+    let key = admin
+        .client
+        .update_key(request)
+        .await
+        .map_err(|s| failed(&format!("key '{}'", args.name), s))?
+        .into_inner();
+    Ok(describe_key(&key))
 }
 
 pub async fn key_list(admin: &mut Admin, all: bool, format: ListFormat) -> anyhow::Result<String> {

@@ -227,6 +227,7 @@ impl Services {
             shared: policy_servers.then(|| shared.clone()),
             reload_requests: None,
         };
+        let mut admin_sync = None;
         if let (Some(section), Some(governance)) = (&config.admin_api, &governance) {
             let addr = section.listen_addr();
             let listener = TcpListener::bind(addr)
@@ -255,6 +256,7 @@ impl Services {
             }));
             let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
             services.reload_requests = Some(reload_requests);
+            admin_sync = Some(sync.clone());
             let api = AdminApi::new(shared.clone(), sync, Some(reload_sender));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             services.stop.push(stop);
@@ -313,9 +315,13 @@ impl Services {
             tracing::info!("MCP bridge serving on http://{addr}{}", section.path());
         }
         if let Some(addr) = config.metrics_addr() {
-            let (listener, router) =
-                crate::metrics_endpoint::bind(addr, services.governance.clone(), mcp_bridge)
-                    .await?;
+            let (listener, router) = crate::metrics_endpoint::bind(
+                addr,
+                services.governance.clone(),
+                mcp_bridge,
+                admin_sync,
+            )
+            .await?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             services.stop.push(stop);
             services.extra_tasks.push(tokio::spawn(async move {

@@ -199,6 +199,8 @@ enum KeyCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: gantry::admin_client::ListFormat,
     },
+    /// Change a runtime key's user, team, model allow-list, labels or expiry.
+    Update(gantry::admin_client::KeyUpdate),
     /// Revoke a runtime key: every replica refuses it within the sync interval.
     Revoke {
         name: String,
@@ -518,6 +520,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }),
             KeyCommand::Show { name, format } => admin_call(&connection, |mut admin| async move {
                 gantry::admin_client::key_show(&mut admin, name, format).await
+            }),
+            KeyCommand::Update(args) => admin_call(&connection, |mut admin| async move {
+                gantry::admin_client::key_update(&mut admin, args).await
             }),
             KeyCommand::Revoke { name, reason } => {
                 admin_call(&connection, |mut admin| async move {

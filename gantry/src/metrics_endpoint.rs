@@ -17,6 +17,7 @@ pub async fn bind(
     addr: SocketAddr,
     governance: Option<Arc<GovernanceRuntime>>,
     bridge: Option<Arc<gantry_mcp_bridge::Bridge>>,
+    admin: Option<Arc<gantry_admin::DirectorySync>>,
 ) -> anyhow::Result<(TcpListener, axum::Router)> {
     let listener = TcpListener::bind(addr)
         .await
@@ -26,10 +27,11 @@ pub async fn bind(
         get(move || {
             let governance = governance.clone();
             let bridge = bridge.clone();
+            let admin = admin.clone();
             async move {
                 (
                     [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    render(governance.as_deref(), bridge.as_deref()),
+                    render(governance.as_deref(), bridge.as_deref(), admin.as_deref()),
                 )
             }
         }),
@@ -40,6 +42,7 @@ pub async fn bind(
 fn render(
     governance: Option<&GovernanceRuntime>,
     bridge: Option<&gantry_mcp_bridge::Bridge>,
+    admin: Option<&gantry_admin::DirectorySync>,
 ) -> String {
     let mut out = format!(
         "# HELP gantry_build_info Gantry's version.\n# TYPE gantry_build_info gauge\ngantry_build_info{{version=\"{}\"}} 1\n",
@@ -56,5 +59,8 @@ fn render(
         out.push_str(&bridge.defences.render_prometheus());
     }
     out.push_str(&gantry_ext_proc::a2a::render_prometheus());
+    if let Some(admin) = admin {
+        out.push_str(&admin.render_prometheus());
+    }
     out
 }

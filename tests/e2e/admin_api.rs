@@ -10,7 +10,9 @@ use gantry_policy::auth::api_keys::KeyHash;
 use gantry_testkit::{free_ports, GantryStack, RedisServer, StackPorts};
 use serde_json::{json, Value};
 
-use crate::{assert_openai_error, gantry_bin, http, json_of, start_mock, start_stack};
+use crate::{
+    assert_openai_error, gantry_bin, http, json_of, scrape_metrics, start_mock, start_stack,
+};
 
 const OPS_TOKEN: &str = "gat_ops_admin_token_for_tests";
 const BOOT_KEY: &str = "gk_boot_key_from_the_config";
@@ -20,13 +22,14 @@ const BOOT_KEY: &str = "gk_boot_key_from_the_config";
 struct Replica {
     ports: StackPorts,
     admin_api: u16,
+    metrics: u16,
     yaml: String,
 }
 
 impl Replica {
     fn new(endpoint: &str, store: &str, extra_governance: &str) -> Replica {
         let ports = StackPorts::free();
-        let [auth, admin_api] = free_ports(2)[..] else {
+        let [auth, admin_api, metrics] = free_ports(3)[..] else {
             unreachable!()
         };
         let yaml = format!(
@@ -48,6 +51,8 @@ governance:
   listen: 127.0.0.1:{admin_api}
   tokens:
     - {{ name: ops, hash: '{ops}' }}
+metrics:
+  listen: 127.0.0.1:{metrics}
 ",
             head = ports.config_head(),
             boot = KeyHash::of(BOOT_KEY),
@@ -56,6 +61,7 @@ governance:
         Replica {
             ports,
             admin_api,
+            metrics,
             yaml,
         }
     }
@@ -207,6 +213,15 @@ async fn a_runtime_key_works_at_once_and_a_revoked_one_stops_on_both_replicas_sh
     )
     .await;
     eprintln!("replica two accepted the new key after {seen:?}");
+    let metrics = scrape_metrics(two.metrics).await;
+    assert!(
+        metrics.contains("gantry_admin_runtime_keys 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gantry_admin_sync_errors_total 0\n"),
+        "{metrics}"
+    );
     // The access log names the runtime key.
     let logged = a.wait_for_access_log("alice's request", |l| l["api_key"] == "alice");
     assert_eq!(logged["subject"], "alice", "{logged}");
@@ -251,6 +266,11 @@ async fn a_runtime_key_works_at_once_and_a_revoked_one_stops_on_both_replicas_sh
     )
     .await;
     eprintln!("replica one refused the revoked key after {stopped:?} (sync interval 250 ms)");
+    let metrics = scrape_metrics(one.metrics).await;
+    assert!(
+        metrics.contains("gantry_admin_runtime_keys 0\n"),
+        "{metrics}"
+    );
     // The config's key was never affected.
     for stack in [&a, &b] {
         let (status, body) = chat(stack, BOOT_KEY, "m-alpha").await;
@@ -534,6 +554,23 @@ async fn calls_without_the_admin_credential_are_refused_and_changes_are_audited(
         ],
     )
     .await;
+    let updated = ops(
+        port,
+        &[
+            "key",
+            "update",
+            "carol",
+            "--team",
+            "sre",
+            "--label",
+            "on_call=yes",
+        ],
+    )
+    .await;
+    assert!(
+        updated.contains("team:     sre") && updated.contains("labels:   on_call=yes"),
+        "{updated}"
+    );
     ops(port, &["key", "revoke", "carol"]).await;
     let reloaded = ops(port, &["reload"]).await;
     assert!(reloaded.contains("has not changed"), "{reloaded}");
@@ -561,6 +598,7 @@ async fn calls_without_the_admin_credential_are_refused_and_changes_are_audited(
             ("ops", "key.rotate", "key:carol"),
             ("ops", "metadata.set", "team:ops"),
             ("ops", "budget.set", "budget:user-carol-month"),
+            ("ops", "key.update", "key:carol"),
             ("ops", "key.revoke", "key:carol"),
             ("ops", "config.reload", "config"),
         ],
@@ -582,4 +620,59 @@ async fn calls_without_the_admin_credential_are_refused_and_changes_are_audited(
         "{keys}"
     );
     drop(stack);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_keys_and_budgets_survive_a_restart_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock("alpha", None).await;
+    let replica = Replica::new(&mock.base_url(), &embedded(&dir), "");
+    let stack = replica.start().await;
+    let secret = secret_of(
+        &ops(
+            replica.admin_api,
+            &[
+                "key",
+                "create",
+                "erin",
+                "--budget-tokens",
+                "1000000",
+                "--budget-window",
+                "total",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(chat(&stack, &secret, "m-alpha").await.0, 200);
+    let spent_tokens = || async {
+        let shown = ops(
+            replica.admin_api,
+            &["budget", "show", "key:erin", "--format", "json"],
+        )
+        .await;
+        let shown: Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(shown["budgets"][0]["budget"], "key-erin-total", "{shown}");
+        shown["budgets"][0]["spent_tokens"].as_u64().unwrap()
+    };
+    // The settlement runs off the request path: wait until it has landed.
+    let started = Instant::now();
+    let spent = loop {
+        let spent = spent_tokens().await;
+        if spent > 0 {
+            break spent;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the request was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(stack);
+
+    // The same config and store file, a new process: the key, its budget and what it spent
+    // are still there.
+    let stack = replica.start().await;
+    assert_eq!(spent_tokens().await, spent);
+    let (status, body) = chat(&stack, &secret, "m-alpha").await;
+    assert_eq!(status, 200, "{body}");
 }
