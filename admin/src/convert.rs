@@ -1,11 +1,12 @@
-//! Between protobuf messages and the policy's admin types, and errors onto gRPC statuses.
+//! Between protobuf messages and the policy's admin types (both ways: the server and the
+//! CLI use the same conversions), and errors onto gRPC statuses.
 
 use gantry_policy::admin::{
     AdminError, BudgetRecord, KeyRecord, MetadataRecord, Subject, SubjectKind,
 };
 use gantry_policy::auth::api_keys::{ApiKey, ApiKeyTable};
 use gantry_policy::config::BudgetWindow;
-use gantry_policy::governance::ledger::{Nanos, NANOS_PER_USD};
+use gantry_policy::governance::ledger::{Nanos, SpendRecord, NANOS_PER_USD};
 use gantry_policy::governance::windows::rfc3339_utc;
 use gantry_proto::admin::v1 as pb;
 use gantry_store::StoreError;
@@ -195,5 +196,109 @@ pub fn metadata(record: &MetadataRecord) -> pb::SubjectMetadata {
         metadata: record.metadata.clone().into_iter().collect(),
         updated_at: time(Some(record.updated_ms)),
         updated_by: record.updated_by.clone(),
+    }
+}
+
+pub fn spend_record_to_proto(r: &SpendRecord) -> pb::SpendRecord {
+    pb::SpendRecord {
+        time: rfc3339_utc(r.time_ms),
+        time_ms: r.time_ms,
+        request_id: r.request_id.clone(),
+        subject: r.subject.clone(),
+        user: r.user.clone(),
+        team: r.team.clone(),
+        api_key: r.api_key.clone(),
+        model: r.model.clone(),
+        upstream_model: r.upstream_model.clone(),
+        provider: r.provider.clone(),
+        input_tokens: r.input_tokens,
+        cached_input_tokens: r.cached_input_tokens,
+        output_tokens: r.output_tokens,
+        cost_nanos: r.cost_nanos,
+        status: u32::from(r.status),
+        outcome: r.outcome.as_str().to_string(),
+        latency_ms: r.latency_ms,
+        stream: r.stream,
+    }
+}
+
+/// The record a [`spend_record_to_proto`] message came from; the error names what is wrong.
+pub fn spend_record_from_proto(r: &pb::SpendRecord) -> Result<SpendRecord, String> {
+    let status = u16::try_from(r.status).map_err(|_| {
+        format!(
+            "spend record {}: status {} is out of range",
+            r.request_id, r.status
+        )
+    })?;
+    let outcome =
+        serde_json::from_value(serde_json::Value::String(r.outcome.clone())).map_err(|e| {
+            format!(
+                "spend record {}: outcome '{}': {e}",
+                r.request_id, r.outcome
+            )
+        })?;
+    Ok(SpendRecord {
+        time_ms: r.time_ms,
+        request_id: r.request_id.clone(),
+        subject: r.subject.clone(),
+        user: r.user.clone(),
+        team: r.team.clone(),
+        api_key: r.api_key.clone(),
+        model: r.model.clone(),
+        upstream_model: r.upstream_model.clone(),
+        provider: r.provider.clone(),
+        input_tokens: r.input_tokens,
+        cached_input_tokens: r.cached_input_tokens,
+        output_tokens: r.output_tokens,
+        cost_nanos: r.cost_nanos,
+        status,
+        outcome,
+        latency_ms: r.latency_ms,
+        stream: r.stream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_policy::governance::ledger::SpendOutcome;
+
+    #[test]
+    fn a_spend_record_survives_the_wire_and_bad_ones_are_named() {
+        let record = SpendRecord {
+            time_ms: 1_800_000_000_123,
+            request_id: "r1".into(),
+            subject: "alice".into(),
+            user: "alice".into(),
+            team: "t".into(),
+            api_key: "k".into(),
+            model: "m".into(),
+            upstream_model: "u".into(),
+            provider: "p".into(),
+            input_tokens: 3,
+            cached_input_tokens: 1,
+            output_tokens: 5,
+            cost_nanos: 42,
+            status: 429,
+            outcome: SpendOutcome::BudgetExceeded,
+            latency_ms: 7,
+            stream: true,
+        };
+        let wire = spend_record_to_proto(&record);
+        assert_eq!(spend_record_from_proto(&wire).unwrap(), record);
+        let bad_status = pb::SpendRecord {
+            status: 70_000,
+            ..wire.clone()
+        };
+        assert!(spend_record_from_proto(&bad_status)
+            .unwrap_err()
+            .contains("status 70000"));
+        let bad_outcome = pb::SpendRecord {
+            outcome: "weird".into(),
+            ..wire
+        };
+        assert!(spend_record_from_proto(&bad_outcome)
+            .unwrap_err()
+            .contains("outcome 'weird'"));
     }
 }

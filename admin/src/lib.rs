@@ -13,7 +13,7 @@
 //! ([`gantry_policy::admin::changes`]) and does the store I/O; it holds no policy of its own
 //! and knows nothing of Envoy.
 
-mod convert;
+pub mod convert;
 pub mod service;
 pub mod sync;
 

@@ -845,29 +845,7 @@ impl AdminService for AdminApi {
             return Ok(Response::new(pb::QuerySpendResponse {
                 group_by,
                 groups: Vec::new(),
-                records: records
-                    .iter()
-                    .map(|r| pb::SpendRecord {
-                        time: rfc3339_utc(r.time_ms),
-                        time_ms: r.time_ms,
-                        request_id: r.request_id.clone(),
-                        subject: r.subject.clone(),
-                        user: r.user.clone(),
-                        team: r.team.clone(),
-                        api_key: r.api_key.clone(),
-                        model: r.model.clone(),
-                        upstream_model: r.upstream_model.clone(),
-                        provider: r.provider.clone(),
-                        input_tokens: r.input_tokens,
-                        cached_input_tokens: r.cached_input_tokens,
-                        output_tokens: r.output_tokens,
-                        cost_nanos: r.cost_nanos,
-                        status: u32::from(r.status),
-                        outcome: r.outcome.as_str().to_string(),
-                        latency_ms: r.latency_ms,
-                        stream: r.stream,
-                    })
-                    .collect(),
+                records: records.iter().map(convert::spend_record_to_proto).collect(),
             }));
         }
         let groups = aggregate(&records, &by, zone)

@@ -11,18 +11,18 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use gantry_policy::admin::{Subject, SubjectKind};
+use anyhow::Context;
+use gantry_admin::convert;
+use gantry_policy::admin::Subject;
+use gantry_policy::config::BudgetWindow;
 use gantry_policy::governance::ledger::SpendRecord;
-use gantry_policy::governance::spend_report::{
-    parse_groups, render_csv, render_json, render_records_csv, render_table, SpendRow,
-};
+use gantry_policy::governance::spend_report::{parse_groups, SpendRow};
 use gantry_proto::admin::v1 as pb;
 use gantry_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::spend::SpendFormat;
+use crate::spend::{render_records, render_rows, SpendFormat};
 
 /// Where the CLI finds the admin API and its credential.
 #[derive(Debug, Clone, clap::Args)]
@@ -139,18 +139,19 @@ pub enum WindowArg {
 
 impl WindowArg {
     fn proto(self) -> i32 {
-        (match self {
-            WindowArg::Minute => pb::Window::Minute,
-            WindowArg::Hour => pb::Window::Hour,
-            WindowArg::Day => pb::Window::Day,
-            WindowArg::Week => pb::Window::Week,
-            WindowArg::Month => pb::Window::Month,
-            WindowArg::Total => pb::Window::Total,
-        }) as i32
+        convert::window_to_proto(match self {
+            WindowArg::Minute => BudgetWindow::Minute,
+            WindowArg::Hour => BudgetWindow::Hour,
+            WindowArg::Day => BudgetWindow::Day,
+            WindowArg::Week => BudgetWindow::Week,
+            WindowArg::Month => BudgetWindow::Month,
+            WindowArg::Total => BudgetWindow::Total,
+        })
     }
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+/// `name=value`, for labels and metadata entries.
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{text}' is not name=value")),
@@ -159,39 +160,17 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 
 fn subject_proto(text: &str) -> anyhow::Result<pb::Subject> {
     let subject = Subject::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(pb::Subject {
-        kind: (match subject.kind {
-            SubjectKind::Key => pb::SubjectKind::Key,
-            SubjectKind::User => pb::SubjectKind::User,
-            SubjectKind::Team => pb::SubjectKind::Team,
-        }) as i32,
-        id: subject.id,
-    })
+    Ok(convert::subject_to_proto(&subject))
 }
 
 fn subject_text(subject: Option<&pb::Subject>) -> String {
-    let Some(subject) = subject else {
-        return String::new();
-    };
-    let kind = match pb::SubjectKind::try_from(subject.kind) {
-        Ok(pb::SubjectKind::Key) => "key",
-        Ok(pb::SubjectKind::User) => "user",
-        Ok(pb::SubjectKind::Team) => "team",
-        _ => "?",
-    };
-    format!("{kind}:{}", subject.id)
+    convert::subject_from_proto(subject)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 fn window_text(value: i32) -> &'static str {
-    match pb::Window::try_from(value) {
-        Ok(pb::Window::Minute) => "minute",
-        Ok(pb::Window::Hour) => "hour",
-        Ok(pb::Window::Day) => "day",
-        Ok(pb::Window::Week) => "week",
-        Ok(pb::Window::Month) => "month",
-        Ok(pb::Window::Total) => "total",
-        _ => "?",
-    }
+    convert::window_from_proto(value).map_or("?", BudgetWindow::as_str)
 }
 
 fn source_text(value: i32) -> &'static str {
@@ -873,19 +852,10 @@ pub async fn spend(
         let records: Vec<SpendRecord> = answer
             .records
             .iter()
-            .map(record_of)
-            .collect::<anyhow::Result<_>>()?;
-        return Ok(match format {
-            SpendFormat::Json => {
-                let mut out = String::new();
-                for record in &records {
-                    out.push_str(&serde_json::to_string(record)?);
-                    out.push('\n');
-                }
-                out
-            }
-            SpendFormat::Csv | SpendFormat::Table => render_records_csv(&records),
-        });
+            .map(convert::spend_record_from_proto)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        return render_records(&records, format);
     }
     let by = parse_groups(&answer.group_by.join(",")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rows: Vec<SpendRow> = answer
@@ -901,39 +871,5 @@ pub async fn spend(
             cost_nanos: g.cost_nanos,
         })
         .collect();
-    Ok(match format {
-        SpendFormat::Table => render_table(&rows, &by),
-        SpendFormat::Csv => render_csv(&rows, &by),
-        SpendFormat::Json => render_json(&rows, &by) + "\n",
-    })
-}
-
-fn record_of(r: &pb::SpendRecord) -> anyhow::Result<SpendRecord> {
-    let Ok(status) = u16::try_from(r.status) else {
-        bail!(
-            "spend record {}: status {} is out of range",
-            r.request_id,
-            r.status
-        );
-    };
-    Ok(SpendRecord {
-        time_ms: r.time_ms,
-        request_id: r.request_id.clone(),
-        subject: r.subject.clone(),
-        user: r.user.clone(),
-        team: r.team.clone(),
-        api_key: r.api_key.clone(),
-        model: r.model.clone(),
-        upstream_model: r.upstream_model.clone(),
-        provider: r.provider.clone(),
-        input_tokens: r.input_tokens,
-        cached_input_tokens: r.cached_input_tokens,
-        output_tokens: r.output_tokens,
-        cost_nanos: r.cost_nanos,
-        status,
-        outcome: serde_json::from_value(serde_json::Value::String(r.outcome.clone()))
-            .with_context(|| format!("spend record {}: outcome '{}'", r.request_id, r.outcome))?,
-        latency_ms: r.latency_ms,
-        stream: r.stream,
-    })
+    Ok(render_rows(&rows, &by, format))
 }

@@ -441,27 +441,12 @@ pub async fn serve(config: ConfigFile, config_path: &std::path::Path) -> anyhow:
         };
         // Only Gantry's policy reloads here: the Envoy in front is configured by its owner.
         let result = reloader.reload().await;
-        let answer = match &result {
-            Ok(true) => {
-                let message = format!("config reloaded from {}", reloader.path().display());
-                println!("gantry: {message} ({why})");
-                Ok(ReloadOutcome {
-                    changed: true,
-                    message,
-                })
-            }
-            Ok(false) => Ok(ReloadOutcome {
-                changed: false,
-                message: format!("{} has not changed", reloader.path().display()),
-            }),
-            Err(e) => {
-                println!(
-                    "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
-                    reloader.path().display()
-                );
-                Err(format!("{}: {e:#}", reloader.path().display()))
-            }
-        };
+        let path = reloader.path().display().to_string();
+        let answer = reload_answer(&path, why, result, || {
+            let message = format!("config reloaded from {path}");
+            println!("gantry: {message} ({why})");
+            message
+        });
         answer_reload(asked, answer);
     };
     services.stop().await;
@@ -536,33 +521,16 @@ async fn supervise(
             );
             continue;
         };
-        let answer = match reloader.reload().await {
-            Ok(true) => {
-                let (path, version) = (reloader.path().display(), reloader.version());
-                let models = reloader.models().join(", ");
-                // The test suite and operators read this line: keep its shape.
-                println!(
-                    "gantry: config reloaded from {path} ({why}; version {version}; models: {models})"
-                );
-                let message =
-                    format!("config reloaded from {path} (version {version}; models: {models})");
-                Ok(ReloadOutcome {
-                    changed: true,
-                    message,
-                })
-            }
-            Ok(false) => Ok(ReloadOutcome {
-                changed: false,
-                message: format!("{} has not changed", reloader.path().display()),
-            }),
-            Err(e) => {
-                println!(
-                    "gantry: config reload refused ({why}): {}: {e:#}; the previous config keeps serving",
-                    reloader.path().display()
-                );
-                Err(format!("{}: {e:#}", reloader.path().display()))
-            }
-        };
+        let result = reloader.reload().await;
+        let path = reloader.path().display().to_string();
+        let answer = reload_answer(&path, why, result, || {
+            let (version, models) = (reloader.version(), reloader.models().join(", "));
+            // The test suite and operators read this line: keep its shape.
+            println!(
+                "gantry: config reloaded from {path} ({why}; version {version}; models: {models})"
+            );
+            format!("config reloaded from {path} (version {version}; models: {models})")
+        });
         answer_reload(asked, answer);
     }
 }
@@ -574,6 +542,32 @@ async fn next_reload_request(
     match requests {
         Some(requests) => requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a reload did, for the admin API; a refusal is printed here, a change by `changed`
+/// (which returns the message).
+fn reload_answer(
+    path: &str,
+    why: &str,
+    result: anyhow::Result<bool>,
+    changed: impl FnOnce() -> String,
+) -> Result<ReloadOutcome, String> {
+    match result {
+        Ok(true) => Ok(ReloadOutcome {
+            changed: true,
+            message: changed(),
+        }),
+        Ok(false) => Ok(ReloadOutcome {
+            changed: false,
+            message: format!("{path} has not changed"),
+        }),
+        Err(e) => {
+            println!(
+                "gantry: config reload refused ({why}): {path}: {e:#}; the previous config keeps serving"
+            );
+            Err(format!("{path}: {e:#}"))
+        }
     }
 }
 

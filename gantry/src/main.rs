@@ -247,18 +247,11 @@ enum MetadataCommand {
     Set {
         subject: String,
         /// `name=value` entries.
-        #[arg(value_parser = parse_entry)]
+        #[arg(value_parser = gantry::admin_client::parse_pair)]
         entries: Vec<(String, String)>,
     },
     /// Every user's and team's metadata.
     List,
-}
-
-fn parse_entry(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("'{text}' is not name=value")),
-    }
 }
 
 /// Runs one admin API call on a fresh runtime and prints its answer.

@@ -3,10 +3,10 @@
 
 use anyhow::Context;
 use gantry_policy::config::GovernanceSection;
-use gantry_policy::governance::ledger::SpendQuery;
+use gantry_policy::governance::ledger::{SpendQuery, SpendRecord};
 use gantry_policy::governance::spend_report::{
     aggregate, parse_groups, parse_instant, render_csv, render_json, render_records_csv,
-    render_table,
+    render_table, GroupBy, SpendRow,
 };
 use jiff::tz::TimeZone;
 
@@ -54,22 +54,35 @@ pub async fn report(section: &GovernanceSection, options: &SpendOptions) -> anyh
         .await
         .with_context(|| format!("cannot read the spend log from the {} store", store.kind()))?;
     if options.records {
-        return Ok(match options.format {
-            SpendFormat::Json => {
-                let mut out = String::new();
-                for record in &records {
-                    out.push_str(&serde_json::to_string(record)?);
-                    out.push('\n');
-                }
-                out
-            }
-            SpendFormat::Csv | SpendFormat::Table => render_records_csv(&records),
-        });
+        return render_records(&records, options.format);
     }
-    let rows = aggregate(&records, &by, &zone);
-    Ok(match options.format {
-        SpendFormat::Table => render_table(&rows, &by),
-        SpendFormat::Csv => render_csv(&rows, &by),
-        SpendFormat::Json => render_json(&rows, &by) + "\n",
+    Ok(render_rows(
+        &aggregate(&records, &by, &zone),
+        &by,
+        options.format,
+    ))
+}
+
+/// Spend records as `gantry spend --records` prints them: JSON lines, or CSV.
+pub fn render_records(records: &[SpendRecord], format: SpendFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        SpendFormat::Json => {
+            let mut out = String::new();
+            for record in records {
+                out.push_str(&serde_json::to_string(record)?);
+                out.push('\n');
+            }
+            out
+        }
+        SpendFormat::Csv | SpendFormat::Table => render_records_csv(records),
     })
+}
+
+/// Grouped spend as `gantry spend` prints it.
+pub fn render_rows(rows: &[SpendRow], by: &[GroupBy], format: SpendFormat) -> String {
+    match format {
+        SpendFormat::Table => render_table(rows, by),
+        SpendFormat::Csv => render_csv(rows, by),
+        SpendFormat::Json => render_json(rows, by) + "\n",
+    }
 }
